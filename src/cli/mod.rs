@@ -1,0 +1,49 @@
+//! The command line: parses arguments and hands each subcommand to the library.
+
+mod elf_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Make conda and pip environments run on NixOS by rewriting the ELF interpreter and run path of
+/// their binaries.
+#[derive(Debug, Parser)]
+#[command(name = "autopatch", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read or edit ELF files directly (takes patchelf's flags).
+    Elf(elf_cmd::ElfArgs),
+}
+
+/// Runs the command line; exit 0 when everything succeeded, 1 when something failed, 2 on usage
+/// errors.
+pub fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Elf(args) => elf_cmd::run(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("autopatch: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOPATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,548 @@
+//! Zero-copy reading of the parts of an ELF file the editor and the loader care about.
+
+use object::elf::{FileHeader32, FileHeader64};
+use object::read::elf::{FileHeader, ProgramHeader as _, SectionHeader as _};
+use object::Endianness;
+
+use super::codec::Codec;
+use super::error::ElfError;
+
+pub(crate) const PT_LOAD: u32 = 1;
+pub(crate) const PT_DYNAMIC: u32 = 2;
+pub(crate) const PT_INTERP: u32 = 3;
+pub(crate) const PT_PHDR: u32 = 6;
+pub(crate) const PF_W: u32 = 2;
+pub(crate) const PF_R: u32 = 4;
+
+pub(crate) const DT_NULL: i64 = 0;
+pub(crate) const DT_NEEDED: i64 = 1;
+pub(crate) const DT_STRTAB: i64 = 5;
+pub(crate) const DT_STRSZ: i64 = 10;
+pub(crate) const DT_SONAME: i64 = 14;
+pub(crate) const DT_RPATH: i64 = 15;
+pub(crate) const DT_RUNPATH: i64 = 29;
+const DT_VERDEF: i64 = 0x6fff_fffc;
+const DT_VERDEFNUM: i64 = 0x6fff_fffd;
+const DT_VERNEED: i64 = 0x6fff_fffe;
+const DT_VERNEEDNUM: i64 = 0x6fff_ffff;
+/// Dynamic tags whose value is an offset into the dynamic string table.
+pub(crate) const STRING_TAGS: [i64; 9] = [
+    DT_NEEDED,
+    DT_SONAME,
+    DT_RPATH,
+    DT_RUNPATH,
+    0x7fff_fffd, // DT_AUXILIARY
+    0x7fff_ffff, // DT_FILTER
+    0x6fff_fefa, // DT_CONFIG
+    0x6fff_fefb, // DT_DEPAUDIT
+    0x6fff_fefc, // DT_AUDIT
+];
+
+const SHT_NOBITS: u32 = 8;
+
+/// ELF class: the size of addresses and offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Class {
+    Elf32,
+    Elf64,
+}
+
+/// Which dynamic tag holds a run path. They differ in how the loader uses them: `DT_RPATH` also
+/// serves the libraries an object loads, `DT_RUNPATH` only the object itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum RunPathKind {
+    #[serde(rename = "RPATH")]
+    RPath,
+    #[serde(rename = "RUNPATH")]
+    RunPath,
+}
+
+impl RunPathKind {
+    pub(crate) fn tag(self) -> i64 {
+        match self {
+            RunPathKind::RPath => DT_RPATH,
+            RunPathKind::RunPath => DT_RUNPATH,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RunPathKind::RPath => "RPATH",
+            RunPathKind::RunPath => "RUNPATH",
+        }
+    }
+}
+
+/// One program header, widened to 64 bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub p_type: u32,
+    pub flags: u32,
+    pub offset: u64,
+    pub vaddr: u64,
+    pub paddr: u64,
+    pub filesz: u64,
+    pub memsz: u64,
+    pub align: u64,
+}
+
+impl Segment {
+    pub fn is_load(&self) -> bool {
+        self.p_type == PT_LOAD
+    }
+
+    pub(crate) fn vaddr_end(&self) -> u64 {
+        self.vaddr.saturating_add(self.memsz)
+    }
+
+    /// The file offset holding `vaddr`, when this segment maps it from the file.
+    fn file_offset_of(&self, vaddr: u64) -> Option<u64> {
+        let rel = vaddr.checked_sub(self.vaddr)?;
+        (rel < self.filesz).then(|| self.offset + rel)
+    }
+}
+
+/// One section header, widened to 64 bits.
+#[derive(Debug, Clone)]
+pub struct Section<'a> {
+    pub index: usize,
+    pub name: &'a [u8],
+    pub sh_type: u32,
+    pub flags: u64,
+    pub addr: u64,
+    pub offset: u64,
+    pub size: u64,
+    /// Where this header itself lies in the file.
+    pub(crate) header_offset: u64,
+}
+
+/// One entry of the dynamic section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DynEntry {
+    pub tag: i64,
+    pub val: u64,
+}
+
+/// The dynamic section as the loader sees it (through `PT_DYNAMIC`).
+#[derive(Debug, Clone)]
+pub(crate) struct Dynamic {
+    pub offset: u64,
+    /// How many entries fit in the segment, including the terminating `DT_NULL`.
+    pub capacity: usize,
+    /// Entries before the first `DT_NULL`.
+    pub entries: Vec<DynEntry>,
+}
+
+/// The dynamic string table.
+#[derive(Debug, Clone)]
+pub(crate) struct StrTab<'a> {
+    pub vaddr: u64,
+    pub offset: u64,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> StrTab<'a> {
+    /// The NUL-terminated string at `offset`, without its NUL.
+    pub fn get(&self, offset: u64) -> Option<&'a [u8]> {
+        let rest = self.bytes.get(usize::try_from(offset).ok()?..)?;
+        let len = rest.iter().position(|&b| b == 0)?;
+        Some(&rest[..len])
+    }
+}
+
+/// A library and the versions of it a file needs (`DT_VERNEED`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionNeed {
+    pub file: String,
+    pub versions: Vec<String>,
+    /// File offset of this entry's `vn_file` field, so a rename of the library can follow.
+    #[serde(skip)]
+    pub(crate) file_field_offset: u64,
+    #[serde(skip)]
+    pub(crate) file_string: u64,
+    #[serde(skip)]
+    pub(crate) version_strings: Vec<u64>,
+}
+
+/// A version a library defines (`DT_VERDEF`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionDef {
+    pub name: String,
+    /// The base definition names the library itself rather than a version.
+    pub is_base: bool,
+    #[serde(skip)]
+    pub(crate) name_string: u64,
+}
+
+/// A parsed ELF file, borrowing its bytes.
+#[derive(Debug, Clone)]
+pub struct Elf<'a> {
+    pub data: &'a [u8],
+    pub class: Class,
+    pub little_endian: bool,
+    pub e_type: u16,
+    pub machine: u16,
+    pub os_abi: u8,
+    pub phoff: u64,
+    pub shoff: u64,
+    pub segments: Vec<Segment>,
+    pub sections: Vec<Section<'a>>,
+    pub(crate) dynamic: Option<Dynamic>,
+    pub(crate) strtab: Option<StrTab<'a>>,
+    /// Index into `segments` of `PT_INTERP`.
+    pub(crate) interp_segment: Option<usize>,
+}
+
+impl<'a> Elf<'a> {
+    /// Parses the headers of `data`. Never panics; every offset is checked against the data.
+    pub fn parse(data: &'a [u8]) -> Result<Elf<'a>, ElfError> {
+        if data.len() < 16 || &data[..4] != b"\x7fELF" {
+            return Err(ElfError::NotElf);
+        }
+        match data[4] {
+            1 => parse_class::<FileHeader32<Endianness>>(data, Class::Elf32),
+            2 => parse_class::<FileHeader64<Endianness>>(data, Class::Elf64),
+            other => Err(ElfError::malformed(format!("unknown ELF class {other}"))),
+        }
+    }
+
+    pub(crate) fn codec(&self) -> Codec {
+        Codec {
+            class: self.class,
+            little: self.little_endian,
+        }
+    }
+
+    /// The program interpreter (`PT_INTERP`), without its terminating NUL.
+    pub fn interpreter(&self) -> Option<&'a [u8]> {
+        let seg = &self.segments[self.interp_segment?];
+        let bytes = slice(self.data, seg.offset, seg.filesz)?;
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Some(&bytes[..len])
+    }
+
+    pub(crate) fn interp_segment(&self) -> Option<&Segment> {
+        self.interp_segment.map(|i| &self.segments[i])
+    }
+
+    /// Entries of the dynamic section before its terminating `DT_NULL`.
+    pub fn dynamic_entries(&self) -> &[DynEntry] {
+        self.dynamic.as_ref().map_or(&[], |d| &d.entries)
+    }
+
+    pub fn has_dynamic(&self) -> bool {
+        self.dynamic.is_some()
+    }
+
+    fn dyn_string(&self, entry: &DynEntry) -> Option<&'a [u8]> {
+        self.strtab.as_ref()?.get(entry.val)
+    }
+
+    fn dyn_strings(&self, tag: i64) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.dynamic_entries()
+            .iter()
+            .filter(move |e| e.tag == tag)
+            .filter_map(|e| self.dyn_string(e))
+    }
+
+    /// The run path and which tag holds it; `DT_RUNPATH` wins when both are present, as it does
+    /// in the loader.
+    pub fn run_path(&self) -> Option<(RunPathKind, &'a [u8])> {
+        let runpath = self.dyn_strings(DT_RUNPATH).next();
+        let rpath = self.dyn_strings(DT_RPATH).next();
+        runpath
+            .map(|s| (RunPathKind::RunPath, s))
+            .or(rpath.map(|s| (RunPathKind::RPath, s)))
+    }
+
+    /// The `DT_RPATH` entry, whatever `DT_RUNPATH` says.
+    pub fn rpath(&self) -> Option<&'a [u8]> {
+        self.dyn_strings(DT_RPATH).next()
+    }
+
+    /// The `DT_RUNPATH` entry.
+    pub fn runpath(&self) -> Option<&'a [u8]> {
+        self.dyn_strings(DT_RUNPATH).next()
+    }
+
+    pub fn needed(&self) -> Vec<&'a [u8]> {
+        self.dyn_strings(DT_NEEDED).collect()
+    }
+
+    pub fn soname(&self) -> Option<&'a [u8]> {
+        self.dyn_strings(DT_SONAME).next()
+    }
+
+    /// Whether this file is loaded by the dynamic loader: an executable or shared object.
+    pub fn is_loadable(&self) -> bool {
+        matches!(self.e_type, super::ET_EXEC | super::ET_DYN)
+    }
+
+    /// Statically linked: no dynamic section, nothing for the loader to resolve.
+    pub fn is_static(&self) -> bool {
+        self.dynamic.is_none()
+    }
+
+    /// A separate debug file (`objcopy --only-keep-debug`): headers of a real object, no code.
+    pub fn is_separate_debug(&self) -> bool {
+        self.sections
+            .iter()
+            .any(|s| (s.name == b".text" || s.name == b".dynamic") && s.sh_type == SHT_NOBITS)
+    }
+
+    /// The largest page size the file's machine may run with; growth keeps offsets and
+    /// addresses congruent modulo this.
+    pub fn max_page_size(&self) -> u64 {
+        let machine = match self.machine {
+            super::EM_X86_64 | super::EM_386 | super::EM_S390 | super::EM_RISCV => 0x1000,
+            _ => 0x10000,
+        };
+        self.load_segments()
+            .map(|s| s.align)
+            .filter(|a| a.is_power_of_two())
+            .fold(machine, u64::max)
+    }
+
+    pub(crate) fn load_segments(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.iter().filter(|s| s.is_load())
+    }
+
+    /// The file offset the loader reads for virtual address `vaddr`.
+    pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
+        self.load_segments().find_map(|s| s.file_offset_of(vaddr))
+    }
+
+    pub(crate) fn dyn_value(&self, tag: i64) -> Option<u64> {
+        self.dynamic_entries()
+            .iter()
+            .find(|e| e.tag == tag)
+            .map(|e| e.val)
+    }
+
+    /// The versions this file needs from each library (`DT_VERNEED`).
+    pub fn version_needs(&self) -> Vec<VersionNeed> {
+        self.read_version_needs().unwrap_or_default()
+    }
+
+    fn read_version_needs(&self) -> Option<Vec<VersionNeed>> {
+        let strtab = self.strtab.as_ref()?;
+        let count = self.dyn_value(DT_VERNEEDNUM)?;
+        let mut at = self.vaddr_to_offset(self.dyn_value(DT_VERNEED)?)?;
+        let c = self.codec();
+        let mut needs = Vec::new();
+        for _ in 0..count.min(4096) {
+            let rec = slice(self.data, at, 16)?;
+            let vn_cnt = u64::from(c.read_u16(&rec[2..]));
+            let file_string = u64::from(c.read_u32(&rec[4..]));
+            let mut aux_at = at.checked_add(u64::from(c.read_u32(&rec[8..])))?;
+            let mut versions = Vec::new();
+            let mut version_strings = Vec::new();
+            for _ in 0..vn_cnt.min(4096) {
+                let aux = slice(self.data, aux_at, 16)?;
+                let name = u64::from(c.read_u32(&aux[8..]));
+                versions.push(lossy(strtab.get(name)?));
+                version_strings.push(name);
+                match c.read_u32(&aux[12..]) {
+                    0 => break,
+                    next => aux_at = aux_at.checked_add(u64::from(next))?,
+                }
+            }
+            needs.push(VersionNeed {
+                file: lossy(strtab.get(file_string)?),
+                versions,
+                file_field_offset: at + 4,
+                file_string,
+                version_strings,
+            });
+            match c.read_u32(&rec[12..]) {
+                0 => break,
+                next => at = at.checked_add(u64::from(next))?,
+            }
+        }
+        Some(needs)
+    }
+
+    /// Offsets into the dynamic string table that something in the file refers to.
+    pub(crate) fn string_references(&self) -> Vec<u64> {
+        let dynamic = self
+            .dynamic_entries()
+            .iter()
+            .filter(|e| STRING_TAGS.contains(&e.tag))
+            .map(|e| e.val);
+        let needs = self
+            .version_needs()
+            .into_iter()
+            .flat_map(|n| std::iter::once(n.file_string).chain(n.version_strings));
+        let defs = self.version_defs().into_iter().map(|d| d.name_string);
+        dynamic.chain(needs).chain(defs).collect()
+    }
+
+    /// The versions this file defines (`DT_VERDEF`).
+    pub fn version_defs(&self) -> Vec<VersionDef> {
+        self.read_version_defs().unwrap_or_default()
+    }
+
+    fn read_version_defs(&self) -> Option<Vec<VersionDef>> {
+        const VER_FLG_BASE: u16 = 1;
+        let strtab = self.strtab.as_ref()?;
+        let count = self.dyn_value(DT_VERDEFNUM)?;
+        let mut at = self.vaddr_to_offset(self.dyn_value(DT_VERDEF)?)?;
+        let c = self.codec();
+        let mut defs = Vec::new();
+        for _ in 0..count.min(65536) {
+            let rec = slice(self.data, at, 20)?;
+            let flags = c.read_u16(&rec[2..]);
+            let aux_at = at.checked_add(u64::from(c.read_u32(&rec[12..])))?;
+            let aux = slice(self.data, aux_at, 8)?;
+            let name_string = u64::from(c.read_u32(aux));
+            defs.push(VersionDef {
+                name: lossy(strtab.get(name_string)?),
+                is_base: flags & VER_FLG_BASE != 0,
+                name_string,
+            });
+            match c.read_u32(&rec[16..]) {
+                0 => break,
+                next => at = at.checked_add(u64::from(next))?,
+            }
+        }
+        Some(defs)
+    }
+}
+
+pub(crate) fn slice(data: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    data.get(start..end)
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn parse_class<'a, H>(data: &'a [u8], class: Class) -> Result<Elf<'a>, ElfError>
+where
+    H: FileHeader<Endian = Endianness>,
+    H::Word: Into<u64>,
+{
+    let header = H::parse(data)?;
+    let endian = header.endian()?;
+    let segments: Vec<Segment> = header
+        .program_headers(endian, data)?
+        .iter()
+        .map(|p| Segment {
+            p_type: p.p_type(endian).0,
+            flags: p.p_flags(endian).0,
+            offset: p.p_offset(endian).into(),
+            vaddr: p.p_vaddr(endian).into(),
+            paddr: p.p_paddr(endian).into(),
+            filesz: p.p_filesz(endian).into(),
+            memsz: p.p_memsz(endian).into(),
+            align: p.p_align(endian).into(),
+        })
+        .collect();
+    let sections = read_sections(header, endian, data)?;
+    let mut elf = Elf {
+        data,
+        class,
+        little_endian: endian == Endianness::Little,
+        e_type: header.e_type(endian).0,
+        machine: header.e_machine(endian).0,
+        os_abi: header.e_ident().os_abi.0,
+        phoff: header.e_phoff(endian).into(),
+        shoff: header.e_shoff(endian).into(),
+        interp_segment: segments.iter().position(|s| s.p_type == PT_INTERP),
+        segments,
+        sections,
+        dynamic: None,
+        strtab: None,
+    };
+    if let Some(seg) = elf.interp_segment() {
+        slice(data, seg.offset, seg.filesz)
+            .ok_or_else(|| ElfError::malformed("PT_INTERP lies outside the file"))?;
+    }
+    elf.dynamic = read_dynamic(&elf)?;
+    elf.strtab = read_strtab(&elf)?;
+    Ok(elf)
+}
+
+fn read_sections<'a, H>(
+    header: &'a H,
+    endian: Endianness,
+    data: &'a [u8],
+) -> Result<Vec<Section<'a>>, ElfError>
+where
+    H: FileHeader<Endian = Endianness>,
+    H::Word: Into<u64>,
+{
+    let headers = header.section_headers(endian, data)?;
+    if headers.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A missing or broken section name table is tolerated: names are only used to recognise
+    // a few sections, and the loader never reads them.
+    let names = header
+        .section_strings(endian, data, headers)
+        .unwrap_or_default();
+    let shoff: u64 = header.e_shoff(endian).into();
+    let entsize = u64::from(header.e_shentsize(endian));
+    Ok(headers
+        .iter()
+        .enumerate()
+        .map(|(index, s)| Section {
+            index,
+            name: s.name(endian, names).unwrap_or_default(),
+            sh_type: s.sh_type(endian).0,
+            flags: s.sh_flags(endian).0.into(),
+            addr: s.sh_addr(endian).into(),
+            offset: s.sh_offset(endian).into(),
+            size: s.sh_size(endian).into(),
+            header_offset: shoff + index as u64 * entsize,
+        })
+        .collect())
+}
+
+fn read_dynamic(elf: &Elf) -> Result<Option<Dynamic>, ElfError> {
+    let Some(seg) = elf.segments.iter().find(|s| s.p_type == PT_DYNAMIC) else {
+        return Ok(None);
+    };
+    let c = elf.codec();
+    let entry_size = c.dyn_size() as u64;
+    let bytes = slice(elf.data, seg.offset, seg.filesz)
+        .ok_or_else(|| ElfError::malformed("PT_DYNAMIC lies outside the file"))?;
+    let mut entries = Vec::new();
+    for raw in bytes.chunks_exact(entry_size as usize) {
+        let (tag, val) = match elf.class {
+            Class::Elf32 => (
+                i64::from(c.read_u32(raw) as i32),
+                u64::from(c.read_u32(&raw[4..])),
+            ),
+            Class::Elf64 => (c.read_u64(raw) as i64, c.read_u64(&raw[8..])),
+        };
+        if tag == DT_NULL {
+            break;
+        }
+        entries.push(DynEntry { tag, val });
+    }
+    Ok(Some(Dynamic {
+        offset: seg.offset,
+        capacity: (seg.filesz / entry_size) as usize,
+        entries,
+    }))
+}
+
+fn read_strtab<'a>(elf: &Elf<'a>) -> Result<Option<StrTab<'a>>, ElfError> {
+    let (Some(vaddr), Some(size)) = (elf.dyn_value(DT_STRTAB), elf.dyn_value(DT_STRSZ)) else {
+        return Ok(None);
+    };
+    let offset = elf
+        .vaddr_to_offset(vaddr)
+        .ok_or_else(|| ElfError::malformed("DT_STRTAB is not in a loaded segment"))?;
+    let bytes = slice(elf.data, offset, size)
+        .ok_or_else(|| ElfError::malformed("the dynamic string table runs past the end of the file"))?;
+    Ok(Some(StrTab {
+        vaddr,
+        offset,
+        bytes,
+    }))
+}
+

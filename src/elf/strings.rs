@@ -1,0 +1,170 @@
+//! Placing new strings in the dynamic string table: reuse, overwrite in place, or append.
+
+use super::read::StrTab;
+
+/// A string some field must point at, and the string offset that field points at now.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub old: Option<u64>,
+    pub string: Vec<u8>,
+}
+
+/// Where each requested string ended up.
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    /// The string table offset for each request, in request order.
+    pub offsets: Vec<u64>,
+    /// The string table as it must be after the edit: `base` with overwrites, then appended strings.
+    pub table: Vec<u8>,
+    /// Whether strings were appended, so the table no longer fits where it is.
+    pub appended: bool,
+    /// Table offsets rewritten in place, with their new bytes (NUL-padded to the old length).
+    pub overwrites: Vec<(u64, Vec<u8>)>,
+}
+
+/// Places `requests` in a table whose first `base_len` bytes are kept. `references` lists every
+/// offset something in the file points at, so a string is overwritten only when every user of it
+/// wants the same new value.
+pub(crate) fn place(
+    strtab: &StrTab,
+    base_len: usize,
+    requests: &[Request],
+    references: &[u64],
+) -> Placement {
+    let base = &strtab.bytes[..base_len.min(strtab.bytes.len())];
+    let mut table = base.to_vec();
+    let mut offsets = vec![None; requests.len()];
+    let mut overwrites = Vec::new();
+    for (i, req) in requests.iter().enumerate() {
+        let Some(old) = req.old else { continue };
+        if overwrites.iter().any(|(at, _): &(u64, Vec<u8>)| *at == old) {
+            offsets[i] = Some(old);
+        } else if can_overwrite(base, old, &req.string, i, requests, references) {
+            let old_len = string_len(base, old);
+            let mut bytes = req.string.clone();
+            bytes.resize(old_len, 0);
+            table[old as usize..old as usize + old_len].copy_from_slice(&bytes);
+            overwrites.push((old, bytes));
+            offsets[i] = Some(old);
+        }
+    }
+    let mut appended = false;
+    for (i, req) in requests.iter().enumerate() {
+        if offsets[i].is_some() {
+            continue;
+        }
+        let at = find_string(&table, &req.string).unwrap_or_else(|| {
+            appended = true;
+            let at = table.len();
+            table.extend_from_slice(&req.string);
+            table.push(0);
+            at
+        });
+        offsets[i] = Some(at as u64);
+    }
+    Placement {
+        offsets: offsets.into_iter().map(|o| o.unwrap_or(0)).collect(),
+        table,
+        appended,
+        overwrites,
+    }
+}
+
+fn string_len(table: &[u8], at: u64) -> usize {
+    table[at as usize..].iter().position(|&b| b == 0).unwrap_or(0)
+}
+
+/// An old string may be overwritten when the new one fits in its bytes, it is nobody's suffix
+/// (the byte before it ends another string), no other reference points into it, and every
+/// reference to it is a request for the same new string.
+fn can_overwrite(
+    base: &[u8],
+    old: u64,
+    new: &[u8],
+    index: usize,
+    requests: &[Request],
+    references: &[u64],
+) -> bool {
+    let at = old as usize;
+    if at >= base.len() || !base[at..].contains(&0) {
+        return false;
+    }
+    let old_len = string_len(base, old);
+    let starts_string = at == 0 || base[at - 1] == 0;
+    let same_users = requests.iter().enumerate().all(|(j, r)| {
+        j == index || r.old != Some(old) || r.string == requests[index].string
+    });
+    let wanted = requests.iter().filter(|r| r.old == Some(old)).count();
+    let users = references.iter().filter(|&&r| r == old).count();
+    let inner_users = references
+        .iter()
+        .any(|&r| r > old && r <= old + old_len as u64);
+    new.len() <= old_len && starts_string && same_users && users <= wanted && !inner_users
+}
+
+/// The offset of `s` followed by NUL in `table`, shared as a suffix where possible.
+fn find_string(table: &[u8], s: &[u8]) -> Option<usize> {
+    let needle_len = s.len() + 1;
+    if table.len() < needle_len {
+        return None;
+    }
+    let mut from = 0;
+    while let Some(nul) = table[from..].iter().position(|&b| b == 0) {
+        let end = from + nul;
+        if end >= s.len() && &table[end - s.len()..end] == s {
+            return Some(end - s.len());
+        }
+        from = end + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(bytes: &'static [u8]) -> StrTab<'static> {
+        StrTab {
+            vaddr: 0,
+            offset: 0,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn reuses_an_identical_string_or_a_suffix() {
+        let t = table(b"\0libfoo.so\0/opt/lib\0");
+        let req = [Request {
+            old: None,
+            string: b"foo.so".to_vec(),
+        }];
+        let p = place(&t, t.bytes.len(), &req, &[]);
+        assert_eq!(p.offsets, vec![4]);
+        assert!(!p.appended);
+    }
+
+    #[test]
+    fn overwrites_an_unshared_string_in_place() {
+        let t = table(b"\0libfoo.so\0/opt/lib\0");
+        let req = [Request {
+            old: Some(11),
+            string: b"/x".to_vec(),
+        }];
+        let p = place(&t, t.bytes.len(), &req, &[1, 11]);
+        assert_eq!(p.offsets, vec![11]);
+        assert_eq!(&p.table[11..20], b"/x\0\0\0\0\0\0\0");
+    }
+
+    #[test]
+    fn appends_when_the_old_string_is_shared() {
+        let t = table(b"\0libfoo.so\0/opt/lib\0");
+        let req = [Request {
+            old: Some(1),
+            string: b"libbar.so".to_vec(),
+        }];
+        let p = place(&t, t.bytes.len(), &req, &[1, 1]);
+        assert!(p.appended);
+        assert_eq!(p.offsets, vec![20]);
+        assert_eq!(&p.table[20..], b"libbar.so\0");
+    }
+}

@@ -1,0 +1,5 @@
+//! Finding the ELF files of a prefix.
+
+mod mapped;
+
+pub use mapped::MappedFile;
