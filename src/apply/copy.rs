@@ -7,7 +7,14 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 /// Copies `src[from..from + len]` to `dst[to..]`, skipping holes.
-pub fn copy_range(src: &File, data: &[u8], dst: &File, from: u64, len: u64, to: u64) -> io::Result<()> {
+pub fn copy_range(
+    src: &File,
+    data: &[u8],
+    dst: &File,
+    from: u64,
+    len: u64,
+    to: u64,
+) -> io::Result<()> {
     let end = from + len;
     let mut at = from;
     while at < end {
@@ -17,8 +24,17 @@ pub fn copy_range(src: &File, data: &[u8], dst: &File, from: u64, len: u64, to: 
         if data_start >= end {
             break;
         }
-        let data_end = seek(src, data_start, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
-        copy_extent(src, data, dst, data_start, data_end - data_start, to + (data_start - from))?;
+        let data_end = seek(src, data_start, libc::SEEK_HOLE)?
+            .unwrap_or(end)
+            .min(end);
+        copy_extent(
+            src,
+            data,
+            dst,
+            data_start,
+            data_end - data_start,
+            to + (data_start - from),
+        )?;
         at = data_end;
     }
     Ok(())
@@ -34,12 +50,21 @@ fn seek(file: &File, at: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     }
     match io::Error::last_os_error() {
         e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
-        e if e.raw_os_error() == Some(libc::EINVAL) => Ok((whence == libc::SEEK_DATA).then_some(at)),
+        e if e.raw_os_error() == Some(libc::EINVAL) => {
+            Ok((whence == libc::SEEK_DATA).then_some(at))
+        }
         e => Err(e),
     }
 }
 
-fn copy_extent(src: &File, data: &[u8], dst: &File, from: u64, len: u64, to: u64) -> io::Result<()> {
+fn copy_extent(
+    src: &File,
+    data: &[u8],
+    dst: &File,
+    from: u64,
+    len: u64,
+    to: u64,
+) -> io::Result<()> {
     let mut done = 0;
     while done < len {
         let mut off_in = (from + done) as libc::loff_t;
@@ -70,9 +95,9 @@ fn copy_extent(src: &File, data: &[u8], dst: &File, from: u64, len: u64, to: u64
     }
     if done < len {
         let start = (from + done) as usize;
-        let bytes = data
-            .get(start..(from + len) as usize)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while copying"))?;
+        let bytes = data.get(start..(from + len) as usize).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while copying")
+        })?;
         dst.write_all_at(bytes, to + done)?;
     }
     Ok(())

@@ -54,11 +54,20 @@ pub fn stage(
     rewrite: &Rewrite,
     meta: &Metadata,
 ) -> Result<tempfile::NamedTempFile, ApplyError> {
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".autopatch-")
         .tempfile_in(dir)
-        .map_err(|e| ApplyError::new(target, "cannot create a temporary file beside it (is the directory writable?)", e))?;
+        .map_err(|e| {
+            ApplyError::new(
+                target,
+                "cannot create a temporary file beside it (is the directory writable?)",
+                e,
+            )
+        })?;
     materialize(src, data, tmp.as_file(), rewrite)
         .map_err(|e| ApplyError::new(target, "cannot write the new content", e))?;
     copy_metadata(target, meta, tmp.as_file())?;
@@ -77,8 +86,9 @@ pub fn replace(
     meta: &Metadata,
 ) -> Result<(), ApplyError> {
     let tmp = stage(target, src, data, rewrite, meta)?;
-    tmp.persist(target)
-        .map_err(|e| ApplyError::new(target, "cannot rename the new content into place", e.error))?;
+    tmp.persist(target).map_err(|e| {
+        ApplyError::new(target, "cannot rename the new content into place", e.error)
+    })?;
     Ok(())
 }
 
@@ -100,7 +110,13 @@ fn copy_xattrs(target: &Path, dst: &File) -> Result<(), ApplyError> {
     let names = match xattr::list(target) {
         Ok(names) => names,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
-        Err(e) => return Err(ApplyError::new(target, "cannot list extended attributes", e)),
+        Err(e) => {
+            return Err(ApplyError::new(
+                target,
+                "cannot list extended attributes",
+                e,
+            ));
+        }
     };
     for name in names {
         if let Some(value) = xattr::get(target, &name)

@@ -70,7 +70,11 @@ pub struct ElfArgs {
 
 impl ElfArgs {
     fn prints(&self) -> bool {
-        self.print_interpreter || self.print_rpath || self.print_needed || self.print_soname || self.print_info
+        self.print_interpreter
+            || self.print_rpath
+            || self.print_needed
+            || self.print_soname
+            || self.print_info
     }
 }
 
@@ -143,7 +147,10 @@ fn run_one(args: &ElfArgs, path: &Path) -> Result<()> {
 fn edits_for(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<Edits> {
     let bytes = |s: &str| s.as_bytes().to_vec();
     let mut edits = Edits {
-        interpreter: args.set_interpreter.as_ref().map(|p| p.as_os_str().as_encoded_bytes().to_vec()),
+        interpreter: args
+            .set_interpreter
+            .as_ref()
+            .map(|p| p.as_os_str().as_encoded_bytes().to_vec()),
         soname: args.set_soname.as_deref().map(bytes),
         add_needed: args.add_needed.iter().map(|s| bytes(s)).collect(),
         remove_needed: args.remove_needed.iter().map(|s| bytes(s)).collect(),
@@ -161,7 +168,9 @@ fn edits_for(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<Edits> {
         },
         run_path: None,
     };
-    let current = elf.run_path().map(|(_, p)| String::from_utf8_lossy(p).into_owned());
+    let current = elf
+        .run_path()
+        .map(|(_, p)| String::from_utf8_lossy(p).into_owned());
     edits.run_path = if args.remove_rpath {
         Some(RunPathEdit::Remove)
     } else if args.shrink_rpath {
@@ -184,22 +193,41 @@ fn edits_for(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<Edits> {
 /// Keeps the run path entries that hold one of the needed libraries (of the file's machine).
 fn shrink(elf: &Elf, path: &Path, run_path: &str, prefixes: Option<&str>) -> String {
     let origin = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let needed: Vec<String> = elf.needed().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+    let needed: Vec<String> = elf
+        .needed()
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
     let allowed = |dir: &str| {
-        prefixes.is_none_or(|p| p.split(':').filter(|x| !x.is_empty()).any(|x| dir.starts_with(x)))
+        prefixes.is_none_or(|p| {
+            p.split(':')
+                .filter(|x| !x.is_empty())
+                .any(|x| dir.starts_with(x))
+        })
     };
     let serves = |dir: &str| {
-        let real = dir.replace("$ORIGIN", &origin.to_string_lossy()).replace("${ORIGIN}", &origin.to_string_lossy());
-        needed.iter().any(|n| same_machine(elf, &Path::new(&real).join(n)))
+        let real = dir
+            .replace("$ORIGIN", &origin.to_string_lossy())
+            .replace("${ORIGIN}", &origin.to_string_lossy());
+        needed
+            .iter()
+            .any(|n| same_machine(elf, &Path::new(&real).join(n)))
     };
-    let kept: Vec<&str> = run_path.split(':').filter(|d| !d.is_empty() && allowed(d) && serves(d)).collect();
+    let kept: Vec<&str> = run_path
+        .split(':')
+        .filter(|d| !d.is_empty() && allowed(d) && serves(d))
+        .collect();
     kept.join(":")
 }
 
 fn same_machine(elf: &Elf, candidate: &Path) -> bool {
     MappedFile::open(candidate)
         .ok()
-        .and_then(|m| Elf::parse(m.bytes()).ok().map(|c| c.machine == elf.machine && c.class == elf.class))
+        .and_then(|m| {
+            Elf::parse(m.bytes())
+                .ok()
+                .map(|c| c.machine == elf.machine && c.class == elf.class)
+        })
         .unwrap_or(false)
 }
 
@@ -207,7 +235,9 @@ fn print(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<()> {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut out = std::io::stdout().lock();
     if args.print_interpreter && elf.interpreter().is_none() {
-        return Err(anyhow!("has no interpreter (a shared library or a static executable)"));
+        return Err(anyhow!(
+            "has no interpreter (a shared library or a static executable)"
+        ));
     }
     if args.json || args.print_info {
         let info = Info {
@@ -239,7 +269,11 @@ fn print(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<()> {
         }
     }
     if args.print_rpath {
-        writeln!(out, "{}", elf.run_path().map(|(_, p)| text(p)).unwrap_or_default())?;
+        writeln!(
+            out,
+            "{}",
+            elf.run_path().map(|(_, p)| text(p)).unwrap_or_default()
+        )?;
     }
     if args.print_needed {
         for n in elf.needed() {
@@ -251,7 +285,11 @@ fn print(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<()> {
 
 fn print_info(out: &mut impl std::io::Write, info: &Info) -> Result<()> {
     writeln!(out, "file: {}", info.file)?;
-    writeln!(out, "class: {:?}, machine: {}, type: {}, OS ABI: {}", info.class, info.machine, info.e_type, info.os_abi)?;
+    writeln!(
+        out,
+        "class: {:?}, machine: {}, type: {}, OS ABI: {}",
+        info.class, info.machine, info.e_type, info.os_abi
+    )?;
     if let Some(i) = &info.interpreter {
         writeln!(out, "interpreter: {i}")?;
     }
@@ -265,7 +303,12 @@ fn print_info(out: &mut impl std::io::Write, info: &Info) -> Result<()> {
         writeln!(out, "soname: {s}")?;
     }
     for need in &info.version_needs {
-        writeln!(out, "version needs: {}: {}", need.file, need.versions.join(" "))?;
+        writeln!(
+            out,
+            "version needs: {}: {}",
+            need.file,
+            need.versions.join(" ")
+        )?;
     }
     Ok(())
 }

@@ -18,15 +18,27 @@ impl Codec {
     }
 
     pub fn u16(self, v: u16) -> [u8; 2] {
-        if self.little { v.to_le_bytes() } else { v.to_be_bytes() }
+        if self.little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
     }
 
     pub fn u32(self, v: u32) -> [u8; 4] {
-        if self.little { v.to_le_bytes() } else { v.to_be_bytes() }
+        if self.little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
     }
 
     pub fn u64(self, v: u64) -> [u8; 8] {
-        if self.little { v.to_le_bytes() } else { v.to_be_bytes() }
+        if self.little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
     }
 
     /// A class-sized word (address, offset or size).
@@ -39,17 +51,29 @@ impl Codec {
 
     pub fn read_u16(self, b: &[u8]) -> u16 {
         let a = [b[0], b[1]];
-        if self.little { u16::from_le_bytes(a) } else { u16::from_be_bytes(a) }
+        if self.little {
+            u16::from_le_bytes(a)
+        } else {
+            u16::from_be_bytes(a)
+        }
     }
 
     pub fn read_u64(self, b: &[u8]) -> u64 {
         let a = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
-        if self.little { u64::from_le_bytes(a) } else { u64::from_be_bytes(a) }
+        if self.little {
+            u64::from_le_bytes(a)
+        } else {
+            u64::from_be_bytes(a)
+        }
     }
 
     pub fn read_u32(self, b: &[u8]) -> u32 {
         let a = [b[0], b[1], b[2], b[3]];
-        if self.little { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+        if self.little {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
     }
 
     pub fn phdr_size(self) -> usize {

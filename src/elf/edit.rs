@@ -78,7 +78,9 @@ pub fn plan(elf: &Elf, edits: &Edits) -> Result<Option<Rewrite>, ElfError> {
     let mut base_len = table_len;
     let mut placement = place_strings(elf, base_len, &mut slots, &fields);
     let region_base = growth_region.as_ref().and_then(|r| r.strtab_base(elf));
-    if let Some(region_base) = region_base.filter(|_| placement.as_ref().is_some_and(|p| p.appended)) {
+    if let Some(region_base) =
+        region_base.filter(|_| placement.as_ref().is_some_and(|p| p.appended))
+    {
         // The table is rebuilt from its pre-growth part, so what earlier edits appended and is
         // still in use is appended again, and nothing accumulates.
         base_len = region_base.min(table_len);
@@ -140,7 +142,9 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
         ));
     }
     if edits.touches_dynamic() && elf.strtab.is_none() {
-        return Err(ElfError::malformed("the dynamic section has no string table"));
+        return Err(ElfError::malformed(
+            "the dynamic section has no string table",
+        ));
     }
     Ok(())
 }
@@ -164,7 +168,11 @@ fn desired_slots(elf: &Elf, edits: &Edits) -> Vec<Slot> {
             }
         })
         .collect();
-    let text = |s: &Slot| s.string.clone().or_else(|| strtab?.get(s.val).map(<[u8]>::to_vec));
+    let text = |s: &Slot| {
+        s.string
+            .clone()
+            .or_else(|| strtab?.get(s.val).map(<[u8]>::to_vec))
+    };
 
     edit_needed(&mut slots, edits, &text);
     edit_run_path(&mut slots, edits, elf);
@@ -180,7 +188,11 @@ fn edit_needed(slots: &mut Vec<Slot>, edits: &Edits, text: &dyn Fn(&Slot) -> Opt
     });
     for slot in slots.iter_mut().filter(|s| s.tag == DT_NEEDED) {
         let name = text(slot);
-        if let Some((_, new)) = edits.replace_needed.iter().find(|(old, _)| Some(old) == name.as_ref()) {
+        if let Some((_, new)) = edits
+            .replace_needed
+            .iter()
+            .find(|(old, _)| Some(old) == name.as_ref())
+        {
             if name.as_ref() != Some(new) {
                 slot.string = Some(new.clone());
             }
@@ -193,7 +205,8 @@ fn edit_needed(slots: &mut Vec<Slot>, edits: &Edits, text: &dyn Fn(&Slot) -> Opt
         .collect();
     let mut added = Vec::new();
     for name in &edits.add_needed {
-        if !present.contains(name) && !added.iter().any(|s: &Slot| s.string.as_ref() == Some(name)) {
+        if !present.contains(name) && !added.iter().any(|s: &Slot| s.string.as_ref() == Some(name))
+        {
             added.push(Slot {
                 tag: DT_NEEDED,
                 val: 0,
@@ -287,7 +300,9 @@ fn carry_appended(elf: &Elf, base_len: u64, slots: &mut [Slot], fields: &mut Vec
         }
     }
     for need in elf.version_needs() {
-        let pending = fields.iter().any(|f| f.field_offset == need.file_field_offset);
+        let pending = fields
+            .iter()
+            .any(|f| f.field_offset == need.file_field_offset);
         if need.file_string >= base_len && !pending {
             fields.push(FieldString {
                 field_offset: need.file_field_offset,
@@ -316,7 +331,9 @@ fn place_strings(
 ) -> Option<strings::Placement> {
     let strtab = elf.strtab.as_ref()?;
     let mut requests: Vec<Request> = Vec::new();
-    let wanted: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].string.is_some()).collect();
+    let wanted: Vec<usize> = (0..slots.len())
+        .filter(|&i| slots[i].string.is_some())
+        .collect();
     for &i in &wanted {
         requests.push(Request {
             old: slots[i].origin.filter(|&v| v < base_len as u64),
@@ -394,7 +411,10 @@ pub(crate) fn dynamic_in_place(elf: &Elf, entries: &[DynEntry]) -> Vec<Write> {
     let span = entries.len().max(old.len()) + 1;
     (0..span.min(dynamic.capacity))
         .filter_map(|i| {
-            let new = entries.get(i).copied().unwrap_or(DynEntry { tag: DT_NULL, val: 0 });
+            let new = entries.get(i).copied().unwrap_or(DynEntry {
+                tag: DT_NULL,
+                val: 0,
+            });
             // Past the old terminator the slots are unknown, so they are always written.
             (i >= old.len() || new != old[i]).then(|| Write {
                 offset: dynamic.offset + i as u64 * size,

@@ -1,8 +1,8 @@
 //! Zero-copy reading of the parts of an ELF file the editor and the loader care about.
 
+use object::Endianness;
 use object::elf::{FileHeader32, FileHeader64};
 use object::read::elf::{FileHeader, ProgramHeader as _, SectionHeader as _};
-use object::Endianness;
 
 use super::codec::Codec;
 use super::error::ElfError;
@@ -537,12 +537,12 @@ fn read_strtab<'a>(elf: &Elf<'a>) -> Result<Option<StrTab<'a>>, ElfError> {
     let offset = elf
         .vaddr_to_offset(vaddr)
         .ok_or_else(|| ElfError::malformed("DT_STRTAB is not in a loaded segment"))?;
-    let bytes = slice(elf.data, offset, size)
-        .ok_or_else(|| ElfError::malformed("the dynamic string table runs past the end of the file"))?;
+    let bytes = slice(elf.data, offset, size).ok_or_else(|| {
+        ElfError::malformed("the dynamic string table runs past the end of the file")
+    })?;
     Ok(Some(StrTab {
         vaddr,
         offset,
         bytes,
     }))
 }
-

@@ -1,26 +1,45 @@
 //! Growth: new data in a loadable segment added at the end of the file.
 //!
-//! The region starts with the program header table (which gains the region's `PT_LOAD`; binutils
-//! expects a segment holding the table to start with it), then a small marker (so a later edit
-//! can recognise and rebuild the region instead of adding another), then
-//! whichever of the dynamic section, interpreter and dynamic string table had to move. Nothing the
-//! file held before is moved or overwritten except header fields, so every original structure
-//! stays valid and the edit never shifts code or data.
+//! The program header table gains one `PT_LOAD` for the region. It stays right after the ELF
+//! header whenever the few bytes it needs can be freed by moving what follows it (the
+//! interpreter string, notes, hash and symbol tables: things found only through program headers
+//! and dynamic tags) into the region; binutils (`strip`, `objcopy`) expects the table there.
+//! Otherwise the table itself moves into the region.
+//!
+//! The region holds, in order: the program header table (only when it moved), a marker (so a
+//! later edit recognises the region and rebuilds it instead of adding another), the blocks moved
+//! to make room, then whichever of the dynamic section, interpreter and dynamic string table had
+//! to grow. Code and data never move.
 
 use super::codec::Codec;
 use super::edit::{dynamic_in_place, interp_in_place, overwrites_in_place, set_strtab};
 use super::error::ElfError;
-use super::read::{DynEntry, Elf, PF_R, PF_W, PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_PHDR, Segment, slice};
+use super::read::{
+    Class, DynEntry, Elf, PF_R, PF_W, PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_PHDR, Segment, slice,
+};
 use super::rewrite::{Rewrite, TailMove, Write};
 use super::strings::Placement;
 
-const MAGIC: &[u8; 16] = b"autopatch-grow\0\x01";
+const MAGIC: &[u8; 16] = b"autopatch-grow\0\x02";
 const MARKER_LEN: u64 = 32;
 /// Spare dynamic slots, so adding a library later does not need another growth.
 const SPARE_DYNAMIC_SLOTS: usize = 4;
 const SHT_PROGBITS: u32 = 1;
 const SHT_STRTAB: u32 = 3;
 const SHT_DYNAMIC: u32 = 6;
+const SHT_NOBITS: u32 = 8;
+const SHF_ALLOC: u64 = 2;
+const PT_NOTE: u32 = 4;
+const DT_STRTAB: i64 = 5;
+/// Dynamic tags holding the address of a table that may be moved to make room.
+const MOVABLE_TABLE_TAGS: [i64; 6] = [
+    4,           // DT_HASH
+    6,           // DT_SYMTAB
+    0x6fff_fef5, // DT_GNU_HASH
+    0x6fff_fff0, // DT_VERSYM
+    0x6fff_fffc, // DT_VERDEF
+    0x6fff_fffe, // DT_VERNEED
+];
 
 /// A growth region an earlier edit added.
 #[derive(Debug, Clone)]
@@ -31,6 +50,9 @@ pub(crate) struct GrowthRegion {
     /// Length of the string table copied from before the first growth; strings past it were
     /// appended by edits.
     base_strsz: u64,
+    /// Where the blocks moved to make room lie, and their length.
+    blocks: (u64, u64),
+    table_inside: bool,
 }
 
 impl GrowthRegion {
@@ -42,28 +64,35 @@ impl GrowthRegion {
     /// this region.
     pub fn strtab_base(&self, elf: &Elf) -> Option<usize> {
         let table = elf.strtab.as_ref()?;
-        self.contains(table.offset).then_some(self.base_strsz as usize)
+        self.contains(table.offset)
+            .then_some(self.base_strsz as usize)
     }
 }
 
-/// Finds the region an earlier growth added: the last `PT_LOAD`, starting with the program
-/// headers, followed by the marker.
+/// Finds the region an earlier growth added: the last `PT_LOAD`, holding the marker at its
+/// start or right after a program header table at its start.
 pub(crate) fn find(elf: &Elf) -> Option<GrowthRegion> {
     let segment = elf.segments.iter().rposition(Segment::is_load)?;
     let seg = &elf.segments[segment];
-    if elf.phoff != seg.offset {
-        return None;
-    }
-    let phdrs_len = (elf.segments.len() * elf.codec().phdr_size()) as u64;
-    let marker = slice(elf.data, seg.offset + phdrs_len, MARKER_LEN)?;
+    let table_inside = elf.phoff == seg.offset;
+    let table_len = if table_inside {
+        (elf.segments.len() * elf.codec().phdr_size()) as u64
+    } else {
+        0
+    };
+    let marker_at = seg.offset + table_len;
+    let marker = slice(elf.data, marker_at, MARKER_LEN)?;
     if &marker[..16] != MAGIC {
         return None;
     }
+    let word = |at: usize| u64::from_le_bytes(marker[at..at + 8].try_into().unwrap_or_default());
     Some(GrowthRegion {
         segment,
         offset: seg.offset,
         end: seg.offset + seg.filesz,
-        base_strsz: u64::from_le_bytes(marker[16..24].try_into().ok()?),
+        base_strsz: word(16),
+        blocks: (marker_at + MARKER_LEN, word(24)),
+        table_inside,
     })
 }
 
@@ -78,12 +107,34 @@ pub(crate) struct Growth {
     pub move_interp: bool,
 }
 
+/// File bytes moved into the region unchanged; everything pointing into them follows.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    offset: u64,
+    len: u64,
+    align: u64,
+}
+
+/// Where the program header table goes.
+enum TablePlace {
+    /// It stays where it is; `moved` blocks free the room its new entry needs.
+    InPlace {
+        moved: Vec<Block>,
+        moves_interp: bool,
+        moves_strtab: bool,
+    },
+    /// It moves to the start of the region.
+    Region,
+}
+
 /// Offsets inside the region being built.
 struct Layout {
     offset: u64,
     vaddr: u64,
-    phdrs: u64,
+    phdrs: Option<u64>,
     marker: u64,
+    blocks: u64,
+    blocks_len: u64,
     dynamic: Option<u64>,
     interp: Option<u64>,
     strtab: Option<u64>,
@@ -103,20 +154,56 @@ pub(crate) fn grow(
 ) -> Result<Rewrite, ElfError> {
     let c = elf.codec();
     let reuse = existing.filter(|r| tail_is_unloaded(elf, r));
-    let in_reused = |offset: Option<u64>| {
-        offset.is_some_and(|o| reuse.as_ref().is_some_and(|r| r.contains(o)))
+    let in_reused =
+        |offset: Option<u64>| offset.is_some_and(|o| reuse.as_ref().is_some_and(|r| r.contains(o)));
+    let place = match &reuse {
+        Some(r) if r.table_inside => TablePlace::Region,
+        Some(_) => TablePlace::InPlace {
+            moved: Vec::new(),
+            moves_interp: false,
+            moves_strtab: false,
+        },
+        None => room_after_table(elf).unwrap_or(TablePlace::Region),
     };
+    let (moved_for_room, room_interp, room_strtab) = match &place {
+        TablePlace::InPlace {
+            moved,
+            moves_interp,
+            moves_strtab,
+        } => (moved.clone(), *moves_interp, *moves_strtab),
+        TablePlace::Region => (Vec::new(), false, false),
+    };
+    let mut blocks = moved_for_room;
+    if let Some(r) = &reuse {
+        if r.blocks.1 > 0 {
+            blocks.push(Block {
+                offset: r.blocks.0,
+                len: r.blocks.1,
+                align: 16,
+            });
+        }
+    }
+
     let interp_seg = elf.interp_segment();
-    let interp = (growth.move_interp || in_reused(interp_seg.map(|s| s.offset)))
-        .then(|| growth.interpreter.clone().or_else(|| elf.interpreter().map(<[u8]>::to_vec)))
+    let interp = (growth.move_interp || room_interp || in_reused(interp_seg.map(|s| s.offset)))
+        .then(|| {
+            growth
+                .interpreter
+                .clone()
+                .or_else(|| elf.interpreter().map(<[u8]>::to_vec))
+        })
         .flatten();
     let move_dynamic = growth.move_dynamic || in_reused(elf.dynamic.as_ref().map(|d| d.offset));
     let table = elf.strtab.as_ref();
-    let strtab = match &growth.placement {
-        Some(p) if p.appended || in_reused(table.map(|t| t.offset)) => Some(p.table.clone()),
-        None if in_reused(table.map(|t| t.offset)) => table.map(|t| t.bytes.to_vec()),
-        _ => None,
-    };
+    let strtab_moves = growth.placement.as_ref().is_some_and(|p| p.appended)
+        || room_strtab
+        || in_reused(table.map(|t| t.offset));
+    let strtab = strtab_moves
+        .then(|| match &growth.placement {
+            Some(p) => Some(p.table.clone()),
+            None => table.map(|t| t.bytes.to_vec()),
+        })
+        .flatten();
 
     let mut segments = elf.segments.clone();
     if let Some(r) = &reuse {
@@ -127,7 +214,9 @@ pub(crate) fn grow(
         .rposition(Segment::is_load)
         .map_or(segments.len(), |i| i + 1);
     if segments.len() + 1 >= 0xffff {
-        return Err(ElfError::Unsupported("too many program headers to add one".into()));
+        return Err(ElfError::Unsupported(
+            "too many program headers to add one".into(),
+        ));
     }
 
     let cut = reuse.as_ref().map_or(elf.data.len() as u64, |r| r.offset);
@@ -138,61 +227,82 @@ pub(crate) fn grow(
         cut,
         page,
         max_vaddr_end(&segments),
-        segments.len() + 1,
+        matches!(place, TablePlace::Region).then_some(segments.len() + 1),
+        &blocks,
         move_dynamic.then_some(dyn_count),
         interp.as_ref().map(Vec::len),
         strtab.as_ref().map(Vec::len),
     );
-    if c.class == super::read::Class::Elf32 && layout.offset + layout.len > u64::from(u32::MAX) {
-        return Err(ElfError::Unsupported("a 32-bit file cannot grow past 4 GiB".into()));
+    if c.class == Class::Elf32 && layout.offset + layout.len > u64::from(u32::MAX) {
+        return Err(ElfError::Unsupported(
+            "a 32-bit file cannot grow past 4 GiB".into(),
+        ));
     }
+    let relocate = Relocation::new(elf, &blocks, &layout);
 
     let mut entries = growth.entries.clone();
+    relocate.dynamic_entries(&mut entries);
     if let (Some(at), Some(bytes)) = (layout.strtab, &strtab) {
         set_strtab(&mut entries, layout.vaddr_of(at), bytes.len() as u64);
     }
-    let new_load = Segment {
-        p_type: PT_LOAD,
-        flags: if move_dynamic { PF_R | PF_W } else { PF_R },
-        offset: layout.offset,
-        vaddr: layout.vaddr,
-        paddr: layout.vaddr,
-        filesz: layout.len,
-        memsz: layout.len,
-        align: page,
-    };
-    segments.insert(load_at, new_load);
+    for seg in &mut segments {
+        relocate.segment(seg);
+    }
+    segments.insert(
+        load_at,
+        Segment {
+            p_type: PT_LOAD,
+            flags: if move_dynamic { PF_R | PF_W } else { PF_R },
+            offset: layout.offset,
+            vaddr: layout.vaddr,
+            paddr: layout.vaddr,
+            filesz: layout.len,
+            memsz: layout.len,
+            align: page,
+        },
+    );
     let phdrs_len = (segments.len() * c.phdr_size()) as u64;
-    place_segment(&mut segments, PT_PHDR, &layout, Some(layout.phdrs), phdrs_len);
+    let table_at = layout.phdrs.unwrap_or(elf.phoff);
+    place_segment(
+        &mut segments,
+        PT_PHDR,
+        table_at,
+        table_at_vaddr(elf, &layout),
+        phdrs_len,
+    );
     if let Some(at) = layout.dynamic {
-        place_segment(&mut segments, PT_DYNAMIC, &layout, Some(at), (dyn_count * c.dyn_size()) as u64);
+        let len = (dyn_count * c.dyn_size()) as u64;
+        place_segment(
+            &mut segments,
+            PT_DYNAMIC,
+            at,
+            Some(layout.vaddr_of(at)),
+            len,
+        );
     }
     if let (Some(at), Some(s)) = (layout.interp, &interp) {
-        place_segment(&mut segments, PT_INTERP, &layout, Some(at), s.len() as u64 + 1);
+        let len = s.len() as u64 + 1;
+        place_segment(&mut segments, PT_INTERP, at, Some(layout.vaddr_of(at)), len);
     }
 
-    let mut region = vec![0u8; layout.len as usize];
-    let mut put = |at: u64, bytes: &[u8]| {
-        let rel = (at - layout.offset) as usize;
-        region[rel..rel + bytes.len()].copy_from_slice(bytes);
+    let base_strsz = if strtab.is_some() {
+        growth.base_len as u64
+    } else {
+        0
     };
-    let base_strsz = if strtab.is_some() { growth.base_len as u64 } else { 0 };
-    put(layout.marker, &marker(base_strsz));
-    put(layout.phdrs, &segments.iter().flat_map(|s| c.phdr(s)).collect::<Vec<u8>>());
-    if let Some(at) = layout.dynamic {
-        let table: Vec<u8> = entries
-            .iter()
-            .flat_map(|e| c.dyn_entry(e.tag, e.val))
-            .chain(std::iter::repeat_n(0, (dyn_count - entries.len()) * c.dyn_size()))
-            .collect();
-        put(at, &table);
-    }
-    if let (Some(at), Some(s)) = (layout.interp, &interp) {
-        put(at, s);
-    }
-    if let (Some(at), Some(bytes)) = (layout.strtab, &strtab) {
-        put(at, bytes);
-    }
+    let region = fill_region(
+        elf,
+        &layout,
+        &segments,
+        &blocks,
+        base_strsz,
+        &entries,
+        dyn_count,
+        interp.as_deref(),
+        strtab.as_deref(),
+    );
+    let (region, field_writes) =
+        apply_field_writes(region, &layout, &relocate, &growth.field_writes);
 
     let tail = reuse.as_ref().and_then(|r| tail_move(elf, r, &layout));
     let shift = |offset: u64| match tail {
@@ -200,8 +310,8 @@ pub(crate) fn grow(
         _ => offset,
     };
 
-    // New data first, then what points at it: the ELF header switches to the new program
-    // headers, and only then do in-place fields start referring to the region.
+    // New data first, then what points at it: the program headers switch to the region, and
+    // only then do in-place fields start referring to it.
     let mut writes = vec![Write {
         offset: layout.offset,
         bytes: region,
@@ -211,11 +321,27 @@ pub(crate) fn grow(
     {
         writes.extend(overwrites_in_place(elf, p));
     }
-    writes.extend(growth.field_writes.iter().cloned());
-    writes.push(Write {
-        offset: c.ehdr_phoff(),
-        bytes: c.word(layout.phdrs),
-    });
+    writes.extend(field_writes);
+    let table: Vec<u8> = segments.iter().flat_map(|s| c.phdr(s)).collect();
+    if layout.phdrs.is_none() {
+        writes.extend(vacate(
+            elf,
+            &blocks,
+            reuse.is_none(),
+            room_interp,
+            room_strtab,
+            table.len() as u64,
+        ));
+        writes.push(Write {
+            offset: elf.phoff,
+            bytes: table,
+        });
+    } else {
+        writes.push(Write {
+            offset: c.ehdr_phoff(),
+            bytes: c.word(table_at),
+        });
+    }
     writes.push(Write {
         offset: c.ehdr_phnum(),
         bytes: c.u16(segments.len() as u16).to_vec(),
@@ -234,7 +360,14 @@ pub(crate) fn grow(
     if layout.dynamic.is_none() {
         writes.extend(dynamic_in_place(elf, &entries));
     }
-    writes.extend(section_header_writes(elf, &layout, &strtab, interp.as_ref(), dyn_count, &shift));
+    let moved = MovedSections {
+        strtab: layout.strtab.zip(strtab.as_ref().map(Vec::len)),
+        dynamic: layout.dynamic.map(|at| (at, dyn_count * c.dyn_size())),
+        interp: layout.interp.zip(interp.as_ref().map(|i| i.len() + 1)),
+    };
+    writes.extend(section_header_writes(
+        elf, &layout, &moved, &relocate, &shift,
+    ));
 
     let len = tail.map_or(layout.offset + layout.len, |t| t.to + t.len);
     Ok(Rewrite {
@@ -245,15 +378,324 @@ pub(crate) fn grow(
     })
 }
 
-fn marker(base_strsz: u64) -> Vec<u8> {
+/// The virtual address of a program header table staying in place.
+fn table_at_vaddr(elf: &Elf, layout: &Layout) -> Option<u64> {
+    match layout.phdrs {
+        Some(at) => Some(layout.vaddr_of(at)),
+        None => elf
+            .segments
+            .iter()
+            .find(|s| s.p_type == PT_PHDR)
+            .map(|s| s.vaddr),
+    }
+}
+
+/// Finds the blocks after the program header table that, moved to the region, free room for
+/// one more entry. `None` when something that cannot move is in the way.
+fn room_after_table(elf: &Elf) -> Option<TablePlace> {
+    let c = elf.codec();
+    let phsize = c.phdr_size() as u64;
+    let table_end = elf.phoff + elf.segments.len() as u64 * phsize;
+    let need_end = table_end + phsize;
+    let first_load = elf
+        .load_segments()
+        .find(|s| s.offset <= elf.phoff && table_end <= s.offset + s.filesz)?;
+    if need_end > first_load.offset + first_load.filesz {
+        return None;
+    }
+    let mut moved = Vec::new();
+    let (mut moves_interp, mut moves_strtab) = (false, false);
+    for item in contents_after(elf, table_end) {
+        if item.offset >= need_end {
+            break;
+        }
+        match item.kind {
+            Content::Fixed => return None,
+            Content::Interp => moves_interp = true,
+            Content::StrTab => moves_strtab = true,
+            Content::Movable(align) => moved.push(Block {
+                offset: item.offset,
+                len: item.len,
+                align,
+            }),
+        }
+    }
+    Some(TablePlace::InPlace {
+        moved,
+        moves_interp,
+        moves_strtab,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    Interp,
+    StrTab,
+    Movable(u64),
+    Fixed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    offset: u64,
+    len: u64,
+    kind: Content,
+}
+
+/// What lies in the file from `from` on, as far as headers tell, in file order. Sections are
+/// the fullest account; program headers and dynamic tags cover files without them.
+fn contents_after(elf: &Elf, from: u64) -> Vec<Item> {
+    let mut items = Vec::new();
+    let strtab_at = elf.strtab.as_ref().map(|t| t.offset);
+    let interp_at = elf.interp_segment().map(|s| s.offset);
+    let table_offsets: Vec<u64> = MOVABLE_TABLE_TAGS
+        .iter()
+        .filter_map(|&t| elf.dyn_value(t))
+        .filter_map(|v| elf.vaddr_to_offset(v))
+        .collect();
+    let notes: Vec<&Segment> = elf
+        .segments
+        .iter()
+        .filter(|s| s.p_type == PT_NOTE)
+        .collect();
+    let kind_at = |offset: u64, align: u64| {
+        if Some(offset) == interp_at {
+            Content::Interp
+        } else if Some(offset) == strtab_at {
+            Content::StrTab
+        } else if table_offsets.contains(&offset) {
+            Content::Movable(align.max(1))
+        } else {
+            Content::Fixed
+        }
+    };
+    for note in &notes {
+        items.push(Item {
+            offset: note.offset,
+            len: note.filesz,
+            kind: Content::Movable(note.align.max(4)),
+        });
+    }
+    for s in elf
+        .sections
+        .iter()
+        .filter(|s| s.flags & SHF_ALLOC != 0 && s.sh_type != SHT_NOBITS)
+    {
+        let in_note = notes
+            .iter()
+            .any(|n| s.offset >= n.offset && s.offset + s.size <= n.offset + n.filesz);
+        if !in_note && s.size > 0 {
+            items.push(Item {
+                offset: s.offset,
+                len: s.size,
+                kind: kind_at(s.offset, 8),
+            });
+        }
+    }
+    if elf.sections.is_empty() {
+        if let Some(seg) = elf.interp_segment() {
+            items.push(Item {
+                offset: seg.offset,
+                len: seg.filesz,
+                kind: Content::Interp,
+            });
+        }
+        // Without section headers a table's size is unknown, so none of them can move.
+        for &offset in table_offsets.iter().chain(strtab_at.iter()) {
+            items.push(Item {
+                offset,
+                len: 0,
+                kind: Content::Fixed,
+            });
+        }
+    }
+    items.retain(|i| i.offset + i.len > from);
+    items.sort_by_key(|i| (i.offset, i.len));
+    items
+}
+
+/// Zeroes what moved out of the way of the program header table, before the table grows over
+/// the start of it.
+fn vacate(
+    elf: &Elf,
+    blocks: &[Block],
+    fresh: bool,
+    interp: bool,
+    strtab: bool,
+    table_len: u64,
+) -> Vec<Write> {
+    if !fresh {
+        return Vec::new();
+    }
+    let mut ranges: Vec<(u64, u64)> = blocks.iter().map(|b| (b.offset, b.len)).collect();
+    if interp && let Some(seg) = elf.interp_segment() {
+        ranges.push((seg.offset, seg.filesz));
+    }
+    if strtab && let Some(t) = elf.strtab.as_ref() {
+        ranges.push((t.offset, t.bytes.len() as u64));
+    }
+    let table_end = elf.phoff + table_len;
+    ranges
+        .into_iter()
+        .filter_map(|(offset, len)| {
+            let start = offset.max(table_end);
+            (start < offset + len).then(|| Write {
+                offset: start,
+                bytes: vec![0; (offset + len - start) as usize],
+            })
+        })
+        .collect()
+}
+
+/// Moves pointers into moved blocks along with them.
+struct Relocation {
+    moves: Vec<(u64, u64, u64, i128, i128)>,
+}
+
+impl Relocation {
+    fn new(elf: &Elf, blocks: &[Block], layout: &Layout) -> Relocation {
+        let mut dst = layout.blocks;
+        let mut moves = Vec::new();
+        for b in blocks {
+            dst = align_up(dst, b.align);
+            let src_vaddr = offset_to_vaddr(elf, b.offset).unwrap_or(0);
+            let off_delta = i128::from(dst) - i128::from(b.offset);
+            let vaddr_delta = i128::from(layout.vaddr_of(dst)) - i128::from(src_vaddr);
+            moves.push((b.offset, b.len, src_vaddr, off_delta, vaddr_delta));
+            dst += b.len;
+        }
+        Relocation { moves }
+    }
+
+    fn by_offset(&self, offset: u64, len: u64) -> Option<(i128, i128)> {
+        self.moves
+            .iter()
+            .find(|m| offset >= m.0 && offset + len <= m.0 + m.1 && m.1 > 0)
+            .map(|m| (m.3, m.4))
+    }
+
+    fn vaddr(&self, vaddr: u64) -> Option<u64> {
+        self.moves
+            .iter()
+            .find(|m| vaddr >= m.2 && vaddr < m.2 + m.1)
+            .map(|m| (i128::from(vaddr) + m.4) as u64)
+    }
+
+    fn offset(&self, offset: u64) -> Option<u64> {
+        self.by_offset(offset, 1)
+            .map(|(d, _)| (i128::from(offset) + d) as u64)
+    }
+
+    fn segment(&self, seg: &mut Segment) {
+        if seg.is_load() || seg.filesz == 0 {
+            return;
+        }
+        if let Some((off, va)) = self.by_offset(seg.offset, seg.filesz) {
+            seg.offset = (i128::from(seg.offset) + off) as u64;
+            seg.vaddr = (i128::from(seg.vaddr) + va) as u64;
+            seg.paddr = (i128::from(seg.paddr) + va) as u64;
+        }
+    }
+
+    fn dynamic_entries(&self, entries: &mut [DynEntry]) {
+        for e in entries
+            .iter_mut()
+            .filter(|e| MOVABLE_TABLE_TAGS.contains(&e.tag) && e.tag != DT_STRTAB)
+        {
+            if let Some(v) = self.vaddr(e.val) {
+                e.val = v;
+            }
+        }
+    }
+}
+
+fn offset_to_vaddr(elf: &Elf, offset: u64) -> Option<u64> {
+    elf.load_segments()
+        .find(|s| offset >= s.offset && offset < s.offset + s.filesz)
+        .map(|s| s.vaddr + (offset - s.offset))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fill_region(
+    elf: &Elf,
+    layout: &Layout,
+    segments: &[Segment],
+    blocks: &[Block],
+    base_strsz: u64,
+    entries: &[DynEntry],
+    dyn_count: usize,
+    interp: Option<&[u8]>,
+    strtab: Option<&[u8]>,
+) -> Vec<u8> {
+    let c = elf.codec();
+    let mut region = vec![0u8; layout.len as usize];
+    let mut put = |at: u64, bytes: &[u8]| {
+        let rel = (at - layout.offset) as usize;
+        region[rel..rel + bytes.len()].copy_from_slice(bytes);
+    };
+    if let Some(at) = layout.phdrs {
+        put(
+            at,
+            &segments.iter().flat_map(|s| c.phdr(s)).collect::<Vec<u8>>(),
+        );
+    }
+    put(layout.marker, &marker(base_strsz, layout.blocks_len));
+    let mut at = layout.blocks;
+    for b in blocks {
+        at = align_up(at, b.align);
+        put(at, slice(elf.data, b.offset, b.len).unwrap_or_default());
+        at += b.len;
+    }
+    if let Some(at) = layout.dynamic {
+        let table: Vec<u8> = entries
+            .iter()
+            .flat_map(|e| c.dyn_entry(e.tag, e.val))
+            .chain(std::iter::repeat_n(
+                0,
+                (dyn_count - entries.len()) * c.dyn_size(),
+            ))
+            .collect();
+        put(at, &table);
+    }
+    if let (Some(at), Some(s)) = (layout.interp, interp) {
+        put(at, s);
+    }
+    if let (Some(at), Some(bytes)) = (layout.strtab, strtab) {
+        put(at, bytes);
+    }
+    region
+}
+
+/// Field writes into a moved block land in its copy in the region; the others stay as they are.
+fn apply_field_writes(
+    mut region: Vec<u8>,
+    layout: &Layout,
+    relocate: &Relocation,
+    writes: &[Write],
+) -> (Vec<u8>, Vec<Write>) {
+    let mut rest = Vec::new();
+    for w in writes {
+        match relocate.offset(w.offset) {
+            Some(at) => {
+                let rel = (at - layout.offset) as usize;
+                region[rel..rel + w.bytes.len()].copy_from_slice(&w.bytes);
+            }
+            None => rest.push(w.clone()),
+        }
+    }
+    (region, rest)
+}
+
+fn marker(base_strsz: u64, blocks_len: u64) -> Vec<u8> {
     let mut m = MAGIC.to_vec();
     m.extend(base_strsz.to_le_bytes());
+    m.extend(blocks_len.to_le_bytes());
     m.resize(MARKER_LEN as usize, 0);
     m
 }
 
 fn align_up(v: u64, align: u64) -> u64 {
-    v.div_ceil(align) * align
+    v.div_ceil(align.max(1)) * align.max(1)
 }
 
 fn max_vaddr_end(segments: &[Segment]) -> u64 {
@@ -271,7 +713,8 @@ fn lay_out(
     cut: u64,
     page: u64,
     vaddr_end: u64,
-    phnum: usize,
+    phnum: Option<usize>,
+    blocks: &[Block],
     dyn_count: Option<usize>,
     interp_len: Option<usize>,
     strtab_len: Option<usize>,
@@ -281,22 +724,25 @@ fn lay_out(
     // The address keeps the offset's remainder modulo the page, as mmap requires, and starts on
     // a page of its own above everything loaded before.
     let vaddr = align_up(vaddr_end, page) + offset % page;
-    let phdrs = offset;
-    let marker = phdrs + (phnum * c.phdr_size()) as u64;
-    let mut end = marker + MARKER_LEN;
-    let mut take = |len: usize, align: u64| {
-        let at = align_up(end, align);
-        end = at + len as u64;
-        at
-    };
-    let dynamic = dyn_count.map(|n| take(n * c.dyn_size(), word));
-    let interp = interp_len.map(|n| take(n + 1, 1));
-    let strtab = strtab_len.map(|n| take(n, 1));
+    let phdrs = phnum.map(|_| offset);
+    let marker = offset + phnum.map_or(0, |n| (n * c.phdr_size()) as u64);
+    let mut cursor = Cursor(marker + MARKER_LEN);
+    let blocks_start = cursor.0;
+    for b in blocks {
+        cursor.take(b.len, b.align);
+    }
+    let blocks_len = cursor.0 - blocks_start;
+    let dynamic = dyn_count.map(|n| cursor.take((n * c.dyn_size()) as u64, word));
+    let interp = interp_len.map(|n| cursor.take(n as u64 + 1, 1));
+    let strtab = strtab_len.map(|n| cursor.take(n as u64, 1));
+    let end = cursor.0;
     Layout {
         offset,
         vaddr,
         phdrs,
         marker,
+        blocks: blocks_start,
+        blocks_len,
         dynamic,
         interp,
         strtab,
@@ -304,12 +750,22 @@ fn lay_out(
     }
 }
 
-/// Points the first segment of `p_type` at `at` in the region.
-fn place_segment(segments: &mut [Segment], p_type: u32, layout: &Layout, at: Option<u64>, len: u64) {
-    let (Some(at), Some(seg)) = (at, segments.iter_mut().find(|s| s.p_type == p_type)) else {
+/// The end of what has been laid out so far.
+struct Cursor(u64);
+
+impl Cursor {
+    fn take(&mut self, len: u64, align: u64) -> u64 {
+        let at = align_up(self.0, align);
+        self.0 = at + len;
+        at
+    }
+}
+
+/// Points the first segment of `p_type` at `at`.
+fn place_segment(segments: &mut [Segment], p_type: u32, at: u64, vaddr: Option<u64>, len: u64) {
+    let (Some(vaddr), Some(seg)) = (vaddr, segments.iter_mut().find(|s| s.p_type == p_type)) else {
         return;
     };
-    let vaddr = layout.vaddr_of(at);
     seg.paddr = seg.paddr.wrapping_sub(seg.vaddr).wrapping_add(vaddr);
     seg.offset = at;
     seg.vaddr = vaddr;
@@ -344,12 +800,18 @@ fn tail_move(elf: &Elf, region: &GrowthRegion, layout: &Layout) -> Option<TailMo
     })
 }
 
+/// Sections whose content was rebuilt in the region: (offset, length).
+struct MovedSections {
+    strtab: Option<(u64, usize)>,
+    dynamic: Option<(u64, usize)>,
+    interp: Option<(u64, usize)>,
+}
+
 fn section_header_writes(
     elf: &Elf,
     layout: &Layout,
-    strtab: &Option<Vec<u8>>,
-    interp: Option<&Vec<u8>>,
-    dyn_count: usize,
+    moved: &MovedSections,
+    relocate: &Relocation,
     shift: &dyn Fn(u64) -> u64,
 ) -> Vec<Write> {
     let c = elf.codec();
@@ -357,23 +819,28 @@ fn section_header_writes(
     let old_interp = elf.interp_segment().map(|s| s.vaddr);
     let mut writes = Vec::new();
     for s in &elf.sections {
-        let moved = if s.addr != 0 && s.sh_type == SHT_STRTAB && Some(s.addr) == old_strtab {
-            layout.strtab.zip(strtab.as_ref().map(Vec::len))
+        let rebuilt = if s.addr != 0 && s.sh_type == SHT_STRTAB && Some(s.addr) == old_strtab {
+            moved.strtab
         } else if s.sh_type == SHT_DYNAMIC {
-            layout.dynamic.map(|at| (at, dyn_count * c.dyn_size()))
+            moved.dynamic
         } else if s.addr != 0 && s.sh_type == SHT_PROGBITS && Some(s.addr) == old_interp {
-            layout.interp.zip(interp.map(|i| i.len() + 1))
+            moved.interp
         } else {
             None
         };
-        let (addr, offset, size) = match moved {
-            Some((at, len)) => (layout.vaddr_of(at), at, len as u64),
-            None => (s.addr, shift(s.offset), s.size),
+        let placed = match (rebuilt, relocate.by_offset(s.offset, s.size.max(1))) {
+            (Some((at, len)), _) => (layout.vaddr_of(at), at, len as u64),
+            (None, Some((off, va))) if s.flags & SHF_ALLOC != 0 => (
+                (i128::from(s.addr) + va) as u64,
+                (i128::from(s.offset) + off) as u64,
+                s.size,
+            ),
+            _ => (s.addr, shift(s.offset), s.size),
         };
-        if (addr, offset, size) != (s.addr, s.offset, s.size) || shift(s.header_offset) != s.header_offset {
+        if placed != (s.addr, s.offset, s.size) || shift(s.header_offset) != s.header_offset {
             writes.push(Write {
                 offset: shift(s.header_offset) + c.shdr_addr(),
-                bytes: c.shdr_placement(addr, offset, size),
+                bytes: c.shdr_placement(placed.0, placed.1, placed.2),
             });
         }
     }

@@ -71,7 +71,10 @@ pub(crate) fn place(
 }
 
 fn string_len(table: &[u8], at: u64) -> usize {
-    table[at as usize..].iter().position(|&b| b == 0).unwrap_or(0)
+    table[at as usize..]
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(0)
 }
 
 /// An old string may be overwritten when the new one fits in its bytes, it is nobody's suffix
@@ -91,9 +94,10 @@ fn can_overwrite(
     }
     let old_len = string_len(base, old);
     let starts_string = at == 0 || base[at - 1] == 0;
-    let same_users = requests.iter().enumerate().all(|(j, r)| {
-        j == index || r.old != Some(old) || r.string == requests[index].string
-    });
+    let same_users = requests
+        .iter()
+        .enumerate()
+        .all(|(j, r)| j == index || r.old != Some(old) || r.string == requests[index].string);
     let wanted = requests.iter().filter(|r| r.old == Some(old)).count();
     let users = references.iter().filter(|&&r| r == old).count();
     let inner_users = references

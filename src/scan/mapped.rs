@@ -24,11 +24,18 @@ impl MappedFile {
             .open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
         }
         // SAFETY: the map is read-only; a concurrent truncation by another process is the one
         // hazard, as with every reader of a shared file.
-        let map = if meta.len() == 0 { None } else { Some(unsafe { Mmap::map(&file)? }) };
+        let map = if meta.len() == 0 {
+            None
+        } else {
+            Some(unsafe { Mmap::map(&file)? })
+        };
         Ok(MappedFile { file, meta, map })
     }
 

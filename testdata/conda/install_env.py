@@ -75,4 +75,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    # py-rattler's background threads can crash the interpreter while it
+    # finalises (SIGSEGV/SIGABRT in PyGILState_Release, now and then, after
+    # the install completed); skip finalisation.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
