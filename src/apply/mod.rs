@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::elf::Rewrite;
+use crate::elf::{self, Edits, Elf, Rewrite};
+use crate::scan::MappedFile;
 
 /// A write that failed, naming the file and what went wrong.
 #[derive(Debug, Error)]
@@ -95,10 +96,10 @@ pub fn replace(
 /// Gives `dst` the permission bits, owner and extended attributes of the file `meta` describes.
 fn copy_metadata(target: &Path, meta: &Metadata, dst: &File) -> Result<(), ApplyError> {
     // Owner first: changing it clears setuid bits, which the mode below restores.
-    if let Err(e) = std::os::unix::fs::fchown(dst, Some(meta.uid()), Some(meta.gid())) {
-        if e.kind() != io::ErrorKind::PermissionDenied {
-            return Err(ApplyError::new(target, "cannot keep the owner", e));
-        }
+    if let Err(e) = std::os::unix::fs::fchown(dst, Some(meta.uid()), Some(meta.gid()))
+        && e.kind() != io::ErrorKind::PermissionDenied
+    {
+        return Err(ApplyError::new(target, "cannot keep the owner", e));
     }
     dst.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(|e| ApplyError::new(target, "cannot keep the permission bits", e))?;
@@ -127,4 +128,91 @@ fn copy_xattrs(target: &Path, dst: &File) -> Result<(), ApplyError> {
         }
     }
     Ok(())
+}
+
+/// A file rewritten by [`patch_inode`].
+#[derive(Debug, Clone)]
+pub struct Patched {
+    pub names: Vec<PathBuf>,
+    pub len: u64,
+    /// SHA-256 of the new content, hex, when asked for.
+    pub sha256: Option<String>,
+    pub bytes_written: u64,
+}
+
+/// Rewrites one inode with `edits`, giving every name in `names` the new content while they
+/// keep sharing one inode; names outside `names` keep the old inode and content. `Ok(None)`
+/// when the file already is as asked.
+pub fn patch_inode(names: &[PathBuf], edits: &Edits, want_hash: bool) -> Result<Option<Patched>, PatchError> {
+    let first = &names[0];
+    let input = MappedFile::open(first).map_err(|e| PatchError::io(first, "cannot open", e))?;
+    let elf = Elf::parse(input.bytes()).map_err(|e| PatchError::Elf(first.clone(), e))?;
+    let Some(rewrite) = elf::plan(&elf, edits).map_err(|e| PatchError::Elf(first.clone(), e))? else {
+        return Ok(None);
+    };
+    let staged = stage(first, &input.file, input.bytes(), &rewrite, &input.meta)?;
+    let sha256 = want_hash
+        .then(|| hash_file(staged.as_file()))
+        .transpose()
+        .map_err(|e| PatchError::io(first, "cannot hash the new content", e))?;
+    for other in &names[1..] {
+        link_over(staged.path(), other)?;
+    }
+    staged
+        .persist(first)
+        .map_err(|e| PatchError::io(first, "cannot rename the new content into place", e.error))?;
+    Ok(Some(Patched {
+        names: names.to_vec(),
+        len: rewrite.len,
+        sha256,
+        bytes_written: rewrite.bytes_written(),
+    }))
+}
+
+/// Makes `name` another link of `staged`, atomically replacing what `name` was.
+fn link_over(staged: &Path, name: &Path) -> Result<(), PatchError> {
+    let dir = name.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".autopatch-")
+        .make_in(dir, |p| fs::hard_link(staged, p))
+        .map_err(|e| PatchError::io(name, "cannot link the new content beside it", e))?;
+    tmp.persist(name)
+        .map_err(|e| PatchError::io(name, "cannot rename the new content into place", e.error))?;
+    Ok(())
+}
+
+fn hash_file(file: &File) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek};
+    let mut file = file.try_clone()?;
+    file.rewind()?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Why an inode could not be patched.
+#[derive(Debug, Error)]
+pub enum PatchError {
+    #[error("{0}: {1}")]
+    Elf(PathBuf, crate::elf::ElfError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl PatchError {
+    fn io(path: &Path, action: &'static str, source: io::Error) -> Self {
+        PatchError::Apply(ApplyError::new(path, action, source))
+    }
 }

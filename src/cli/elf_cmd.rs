@@ -263,10 +263,8 @@ fn print(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<()> {
     if args.print_interpreter {
         writeln!(out, "{}", elf.interpreter().map(text).unwrap_or_default())?;
     }
-    if args.print_soname {
-        if let Some(s) = elf.soname() {
-            writeln!(out, "{}", text(s))?;
-        }
+    if let Some(s) = elf.soname().filter(|_| args.print_soname) {
+        writeln!(out, "{}", text(s))?;
     }
     if args.print_rpath {
         writeln!(

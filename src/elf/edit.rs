@@ -192,10 +192,9 @@ fn edit_needed(slots: &mut Vec<Slot>, edits: &Edits, text: &dyn Fn(&Slot) -> Opt
             .replace_needed
             .iter()
             .find(|(old, _)| Some(old) == name.as_ref())
+            && name.as_ref() != Some(new)
         {
-            if name.as_ref() != Some(new) {
-                slot.string = Some(new.clone());
-            }
+            slot.string = Some(new.clone());
         }
     }
     let present: Vec<Vec<u8>> = slots

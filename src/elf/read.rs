@@ -492,7 +492,7 @@ where
             index,
             name: s.name(endian, names).unwrap_or_default(),
             sh_type: s.sh_type(endian).0,
-            flags: s.sh_flags(endian).0.into(),
+            flags: s.sh_flags(endian).0,
             addr: s.sh_addr(endian).into(),
             offset: s.sh_offset(endian).into(),
             size: s.sh_size(endian).into(),

@@ -174,14 +174,12 @@ pub(crate) fn grow(
         TablePlace::Region => (Vec::new(), false, false),
     };
     let mut blocks = moved_for_room;
-    if let Some(r) = &reuse {
-        if r.blocks.1 > 0 {
-            blocks.push(Block {
-                offset: r.blocks.0,
-                len: r.blocks.1,
-                align: 16,
-            });
-        }
+    if let Some(r) = reuse.as_ref().filter(|r| r.blocks.1 > 0) {
+        blocks.push(Block {
+            offset: r.blocks.0,
+            len: r.blocks.1,
+            align: 16,
+        });
     }
 
     let interp_seg = elf.interp_segment();

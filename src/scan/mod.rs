@@ -1,5 +1,160 @@
-//! Finding the ELF files of a prefix.
+//! Finding the ELF files under the given roots: every regular file whose content starts with
+//! the ELF magic, grouped by inode so that each is planned once however many names it has.
 
 mod mapped;
 
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use walkdir::WalkDir;
+
+use crate::elf::Elf;
 pub use mapped::MappedFile;
+
+/// A file's identity on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InodeId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// One inode and its names inside the roots, sorted.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub id: InodeId,
+    pub names: Vec<PathBuf>,
+    /// Total link count: more than `names.len()` means names outside the roots share it.
+    pub nlink: u64,
+    pub len: u64,
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    /// Regular files that start with the ELF magic, by inode.
+    pub elf_inodes: Vec<Inode>,
+    /// Symlinks inside the roots whose target is also inside (their names matter to the
+    /// loader's search), as (link, target).
+    pub symlinks: Vec<(PathBuf, PathBuf)>,
+    /// Entries that could not be read, with why.
+    pub errors: Vec<(PathBuf, String)>,
+    /// How many directory entries were looked at.
+    pub entries: usize,
+}
+
+/// Walks `roots` without following symlinks and collects ELF files and in-root symlinks.
+pub fn scan(roots: &[PathBuf]) -> ScanResult {
+    let mut result = ScanResult::default();
+    let mut candidates = Vec::new();
+    for root in roots {
+        walk_root(root, &mut result, &mut candidates);
+    }
+    let elf_flags: Vec<Option<String>> = candidates
+        .par_iter()
+        .map(|(path, _)| starts_with_elf_magic(path).err())
+        .collect();
+    let mut by_inode: BTreeMap<InodeId, Inode> = BTreeMap::new();
+    for ((path, meta), failure) in candidates.into_iter().zip(elf_flags) {
+        match failure {
+            Some(reason) if reason.is_empty() => {}
+            Some(reason) => result.errors.push((path, reason)),
+            None => {
+                let id = InodeId {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                };
+                let inode = by_inode.entry(id).or_insert_with(|| Inode {
+                    id,
+                    names: Vec::new(),
+                    nlink: meta.nlink(),
+                    len: meta.len(),
+                });
+                inode.names.push(path);
+            }
+        }
+    }
+    result.elf_inodes = by_inode
+        .into_values()
+        .map(|mut i| {
+            i.names.sort();
+            i.names.dedup();
+            i
+        })
+        .collect();
+    result.elf_inodes.sort_by(|a, b| a.names[0].cmp(&b.names[0]));
+    let canonical_roots: Vec<PathBuf> = roots.iter().filter_map(|r| fs::canonicalize(r).ok()).collect();
+    result.symlinks.retain(|(_, target)| canonical_roots.iter().any(|r| target.starts_with(r)));
+    result.symlinks.sort();
+    result.errors.sort();
+    result
+}
+
+fn walk_root(root: &Path, result: &mut ScanResult, candidates: &mut Vec<(PathBuf, fs::Metadata)>) {
+    for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
+        result.entries += 1;
+        let entry = match entry {
+            Ok(e) => e,
+            Err(err) => {
+                let path = err.path().unwrap_or(root).to_path_buf();
+                result.errors.push((path, format!("cannot read: {err}")));
+                continue;
+            }
+        };
+        let path = entry.path();
+        let file_type = entry.file_type();
+        if file_type.is_symlink() {
+            if let Ok(target) = fs::canonicalize(path)
+                && target.is_file()
+            {
+                result.symlinks.push((path.to_path_buf(), target));
+            }
+        } else if file_type.is_file() && !is_own_temp_file(path) {
+            match entry.metadata() {
+                Ok(meta) if meta.len() >= 52 => candidates.push((path.to_path_buf(), meta)),
+                Ok(_) => {}
+                Err(err) => result.errors.push((path.to_path_buf(), format!("cannot stat: {err}"))),
+            }
+        }
+    }
+}
+
+/// Temporary files of an interrupted write: never treated as content.
+pub fn is_own_temp_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".autopatch-"))
+}
+
+/// `Ok` when the file starts with the ELF magic; `Err("")` when it does not; `Err(reason)` when
+/// it cannot be read.
+fn starts_with_elf_magic(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut magic = [0u8; 4];
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    match file.read_exact(&mut magic) {
+        Ok(()) if &magic == b"\x7fELF" => Ok(()),
+        Ok(()) => Err(String::new()),
+        Err(e) => Err(format!("cannot read: {e}")),
+    }
+}
+
+/// Why an ELF file is left alone, if it is.
+pub fn skip_reason(elf: &Elf) -> Option<&'static str> {
+    if !elf.is_loadable() {
+        Some("not an executable or shared object")
+    } else if elf.is_separate_debug() {
+        Some("separate debug file")
+    } else if elf.is_static() {
+        Some("statically linked")
+    } else {
+        None
+    }
+}

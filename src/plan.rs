@@ -1,0 +1,380 @@
+//! Turning a scan into a plan: for each inode, the interpreter and run path it should have,
+//! with every needed library's provider and the reason it was chosen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use globset::GlobSet;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::conda::CondaPrefix;
+use crate::elf::{Class, ET_DYN, Elf, RunPathKind};
+use crate::pip::PipSite;
+use crate::resolve::{FileToResolve, PrefixLib, PrefixLibs, Resolution, Resolver};
+use crate::scan::{Inode, InodeId, MappedFile, ScanResult, skip_reason};
+use crate::store::{Preferences, StoreIndex};
+
+/// What a file holds that planning needs, read from its headers.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    pub machine: u16,
+    pub class: Class,
+    pub e_type: u16,
+    pub interpreter: Option<String>,
+    pub run_path_kind: Option<RunPathKind>,
+    pub run_path: Option<String>,
+    pub needed: Vec<String>,
+    pub soname: Option<String>,
+    #[serde(skip)]
+    pub skip: Option<&'static str>,
+}
+
+impl FileInfo {
+    pub fn read(path: &Path) -> Result<FileInfo, String> {
+        let file = MappedFile::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        let elf = Elf::parse(file.bytes()).map_err(|e| e.to_string())?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Ok(FileInfo {
+            machine: elf.machine,
+            class: elf.class,
+            e_type: elf.e_type,
+            interpreter: elf.interpreter().map(text),
+            run_path_kind: elf.run_path().map(|(k, _)| k),
+            run_path: elf.run_path().map(|(_, p)| text(p)),
+            needed: elf.needed().into_iter().map(text).collect(),
+            soname: elf.soname().map(text),
+            skip: skip_reason(&elf),
+        })
+    }
+}
+
+/// What happens to one inode.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Patch,
+    AlreadyFine,
+    Skip { reason: String },
+    Error { message: String },
+}
+
+/// The plan for one inode.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilePlan {
+    /// The name the file is planned under (its `$ORIGIN`).
+    pub path: PathBuf,
+    /// Every name of the inode inside the roots.
+    pub names: Vec<PathBuf>,
+    #[serde(skip)]
+    pub inode: Option<Inode>,
+    pub prefix: PathBuf,
+    #[serde(flatten)]
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_interpreter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_interpreter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_path_kind: Option<RunPathKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_run_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_run_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+}
+
+/// Settings that shape a plan.
+pub struct Settings<'a> {
+    pub interpreter: Option<PathBuf>,
+    pub store: Option<&'a StoreIndex>,
+    pub preferences: &'a Preferences,
+    pub ignore_missing: &'a GlobSet,
+}
+
+/// A prefix: an environment whose files may reach each other through `$ORIGIN`.
+struct Prefix {
+    root: PathBuf,
+    conda: Option<CondaPrefix>,
+    pip: PipSite,
+}
+
+impl Prefix {
+    fn load(root: PathBuf) -> Prefix {
+        let conda = CondaPrefix::load(&root).ok().flatten();
+        let pip = PipSite::load(&root).unwrap_or_default();
+        Prefix { root, conda, pip }
+    }
+
+    fn owner_of(&self, path: &Path) -> Option<String> {
+        let rel = path.strip_prefix(&self.root).ok()?;
+        self.conda
+            .as_ref()
+            .and_then(|c| c.owner_of(rel).map(|p| p.name.clone()))
+            .or_else(|| self.pip.owner_of(path).map(|d| d.name.clone()))
+    }
+}
+
+/// The prefix a path belongs to: the nearest ancestor with `conda-meta/` or `pyvenv.cfg`, else
+/// the root it was found under.
+pub fn prefix_of(path: &Path, roots: &[PathBuf]) -> PathBuf {
+    let root = roots
+        .iter()
+        .filter(|r| path.starts_with(r))
+        .max_by_key(|r| r.as_os_str().len())
+        .cloned()
+        .unwrap_or_else(|| path.parent().unwrap_or(Path::new("/")).to_path_buf());
+    for dir in path.ancestors().skip(1) {
+        if dir.join("conda-meta").is_dir() || dir.join("pyvenv.cfg").is_file() {
+            return dir.to_path_buf();
+        }
+        if dir == root {
+            break;
+        }
+    }
+    if root.is_file() {
+        return root.parent().unwrap_or(Path::new("/")).to_path_buf();
+    }
+    root
+}
+
+/// Whether a path lies in an extracted package of a conda package cache (`pkgs/<pkg>/`):
+/// such files are patched through the environments that link them, not on their own.
+fn in_package_cache(path: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .any(|dir| dir.join("info/index.json").is_file() && !dir.join("conda-meta").exists())
+}
+
+/// The name an inode is planned under: one inside an environment rather than a package cache.
+fn planning_name(inode: &Inode) -> Option<&PathBuf> {
+    inode.names.iter().find(|n| !in_package_cache(n))
+}
+
+/// Plans every ELF inode the scan found.
+pub fn plan(scan: &ScanResult, roots: &[PathBuf], settings: &Settings) -> Vec<FilePlan> {
+    let infos: Vec<Result<FileInfo, String>> = scan
+        .elf_inodes
+        .par_iter()
+        .map(|i| FileInfo::read(&i.names[0]))
+        .collect();
+    let by_inode: HashMap<InodeId, &FileInfo> = scan
+        .elf_inodes
+        .iter()
+        .zip(&infos)
+        .filter_map(|(i, info)| info.as_ref().ok().map(|f| (i.id, f)))
+        .collect();
+
+    let mut prefixes: BTreeMap<PathBuf, Prefix> = BTreeMap::new();
+    let planned: Vec<Option<(PathBuf, PathBuf)>> = scan
+        .elf_inodes
+        .par_iter()
+        .map(|inode| planning_name(inode).map(|n| (n.clone(), prefix_of(n, roots))))
+        .collect();
+    for (_, prefix) in planned.iter().flatten() {
+        prefixes
+            .entry(prefix.clone())
+            .or_insert_with(|| Prefix::load(prefix.clone()));
+    }
+    let libs = prefix_libraries(scan, &by_inode, &prefixes, roots);
+    let depends = |owner: &str| -> Vec<String> {
+        prefixes
+            .values()
+            .filter_map(|p| p.conda.as_ref())
+            .find(|c| c.package(owner).is_some())
+            .map(|c| c.transitive_depends(owner).into_iter().collect())
+            .unwrap_or_default()
+    };
+    let resolver = Resolver {
+        store: settings.store,
+        preferences: settings.preferences,
+        ignore_missing: settings.ignore_missing,
+        depends: &depends,
+    };
+
+    let mut plans: Vec<FilePlan> = scan
+        .elf_inodes
+        .par_iter()
+        .enumerate()
+        .map(|(k, inode)| {
+            let Some((name, prefix_root)) = &planned[k] else {
+                return skipped(inode, "only in a package cache: patched through the environments that link it");
+            };
+            let info = match &infos[k] {
+                Ok(info) => info,
+                Err(message) => return errored(inode, name, prefix_root, message),
+            };
+            let prefix = &prefixes[prefix_root];
+            let empty = PrefixLibs::default();
+            let prefix_libs = libs.get(prefix_root).unwrap_or(&empty);
+            plan_file(inode, name, prefix, info, settings, &resolver, prefix_libs)
+        })
+        .collect();
+    plans.sort_by(|a, b| a.path.cmp(&b.path));
+    plans
+}
+
+fn plan_file(
+    inode: &Inode,
+    name: &Path,
+    prefix: &Prefix,
+    info: &FileInfo,
+    settings: &Settings,
+    resolver: &Resolver,
+    libs: &PrefixLibs,
+) -> FilePlan {
+    let mut plan = FilePlan {
+        path: name.to_path_buf(),
+        names: inode.names.clone(),
+        inode: Some(inode.clone()),
+        prefix: prefix.root.clone(),
+        action: Action::AlreadyFine,
+        owner: prefix.owner_of(name),
+        old_interpreter: info.interpreter.clone(),
+        new_interpreter: None,
+        run_path_kind: info.run_path_kind,
+        old_run_path: info.run_path.clone(),
+        new_run_path: None,
+        resolution: None,
+    };
+    if let Some(reason) = info.skip {
+        plan.action = Action::Skip {
+            reason: reason.to_string(),
+        };
+        return plan;
+    }
+    if info.interpreter.is_some() {
+        match &settings.interpreter {
+            Some(interp) if interpreter_fits(interp, info) => {
+                let wanted = interp.display().to_string();
+                if info.interpreter.as_deref() != Some(wanted.as_str()) {
+                    plan.new_interpreter = Some(wanted);
+                }
+            }
+            Some(_) => {
+                plan.action = Action::Skip {
+                    reason: format!(
+                        "built for {}, not the interpreter's machine",
+                        crate::elf::machine_name(info.machine)
+                    ),
+                };
+                return plan;
+            }
+            None => {
+                plan.action = Action::Error {
+                    message: "no interpreter to set: none found in the store; pass --interpreter".into(),
+                };
+                return plan;
+            }
+        }
+    }
+    let file = FileToResolve {
+        path: name,
+        machine: info.machine,
+        class: info.class,
+        needed: &info.needed,
+        run_path: info.run_path.as_deref(),
+        owner: plan.owner.as_deref(),
+    };
+    let resolution = resolver.resolve(&file, libs);
+    plan.new_run_path = resolution.run_path.clone();
+    plan.resolution = Some(resolution);
+    if plan.new_interpreter.is_some() || plan.new_run_path.is_some() {
+        plan.action = Action::Patch;
+    }
+    plan
+}
+
+/// Whether the interpreter at `interp` can load a file like `info`.
+fn interpreter_fits(interp: &Path, info: &FileInfo) -> bool {
+    match FileInfo::read(interp) {
+        Ok(i) => i.machine == info.machine && i.class == info.class,
+        // An interpreter that cannot be read here (a store path not built yet) is trusted.
+        Err(_) => true,
+    }
+}
+
+fn skipped(inode: &Inode, reason: &str) -> FilePlan {
+    bare_plan(inode, &inode.names[0], Path::new("/"), Action::Skip {
+        reason: reason.to_string(),
+    })
+}
+
+fn errored(inode: &Inode, name: &Path, prefix: &Path, message: &str) -> FilePlan {
+    bare_plan(inode, name, prefix, Action::Error {
+        message: message.to_string(),
+    })
+}
+
+fn bare_plan(inode: &Inode, name: &Path, prefix: &Path, action: Action) -> FilePlan {
+    FilePlan {
+        path: name.to_path_buf(),
+        names: inode.names.clone(),
+        inode: Some(inode.clone()),
+        prefix: prefix.to_path_buf(),
+        action,
+        owner: None,
+        old_interpreter: None,
+        new_interpreter: None,
+        run_path_kind: None,
+        old_run_path: None,
+        new_run_path: None,
+        resolution: None,
+    }
+}
+
+/// The shared libraries of each prefix, under every name the loader could find them by
+/// (their own names and symlinks to them).
+fn prefix_libraries(
+    scan: &ScanResult,
+    by_inode: &HashMap<InodeId, &FileInfo>,
+    prefixes: &BTreeMap<PathBuf, Prefix>,
+    roots: &[PathBuf],
+) -> HashMap<PathBuf, PrefixLibs> {
+    let mut libs: HashMap<PathBuf, PrefixLibs> = HashMap::new();
+    let mut add = |name: &Path, info: &FileInfo, owner_path: &Path| {
+        if info.e_type != ET_DYN {
+            return;
+        }
+        let root = prefix_of(name, roots);
+        let Some(prefix) = prefixes.get(&root) else {
+            return;
+        };
+        let (Some(dir), Some(file_name)) = (name.parent(), name.file_name()) else {
+            return;
+        };
+        let lib = PrefixLib {
+            dir: dir.to_path_buf(),
+            machine: info.machine,
+            class: info.class,
+            owner: prefix.owner_of(owner_path),
+        };
+        libs.entry(root.clone())
+            .or_insert_with(|| PrefixLibs::new(root))
+            .add(file_name.to_string_lossy().into_owned(), lib);
+    };
+    for inode in &scan.elf_inodes {
+        if let Some(info) = by_inode.get(&inode.id) {
+            for name in &inode.names {
+                add(name, info, name);
+            }
+        }
+    }
+    for (link, target) in &scan.symlinks {
+        let Ok(meta) = std::fs::metadata(target) else {
+            continue;
+        };
+        use std::os::unix::fs::MetadataExt;
+        let id = InodeId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        if let Some(info) = by_inode.get(&id) {
+            add(link, info, link);
+        }
+    }
+    libs
+}

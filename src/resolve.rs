@@ -1,0 +1,400 @@
+//! Deciding where each needed library of a file comes from: the interpreter's glibc, the GPU
+//! driver dir, the file's own prefix (through `$ORIGIN`), a `--lib-dir`, or the Nix store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use globset::GlobSet;
+use serde::Serialize;
+
+use crate::elf::Class;
+use crate::store::{Preferences, StoreIndex};
+
+/// Where NixOS puts the GPU driver's libraries.
+pub const OPENGL_DRIVER_DIR: &str = "/run/opengl-driver/lib";
+
+/// Libraries glibc itself provides: the interpreter finds them in its own lib dir.
+const GLIBC_SONAMES: &[&str] = &[
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libutil.so.1",
+    "libresolv.so.2",
+    "libanl.so.1",
+    "libmvec.so.1",
+    "libBrokenLocale.so.1",
+    "libthread_db.so.1",
+    "libc_malloc_debug.so.0",
+    "libnss_files.so.2",
+    "libnss_dns.so.2",
+    "libnss_compat.so.2",
+    "libnss_db.so.2",
+    "libnss_hesiod.so.2",
+];
+
+/// Library name prefixes of the GPU driver, which only the running system can provide.
+const GPU_DRIVER_PREFIXES: &[&str] = &[
+    "libcuda.so",
+    "libnvidia-",
+    "libnvcuvid.so",
+    "libnvoptix.so",
+    "libGLX_nvidia.so",
+    "libEGL_nvidia.so",
+    "libGLESv1_CM_nvidia.so",
+    "libGLESv2_nvidia.so",
+    "libvdpau_nvidia.so",
+];
+
+pub fn is_glibc_library(soname: &str) -> bool {
+    GLIBC_SONAMES.contains(&soname) || soname.starts_with("ld-linux") || soname.starts_with("ld64.so")
+}
+
+pub fn is_gpu_driver_library(soname: &str) -> bool {
+    GPU_DRIVER_PREFIXES.iter().any(|p| soname.starts_with(p))
+}
+
+/// A library a prefix holds under some file name.
+#[derive(Debug, Clone)]
+pub struct PrefixLib {
+    pub dir: PathBuf,
+    pub machine: u16,
+    pub class: Class,
+    /// The package or distribution that installed it.
+    pub owner: Option<String>,
+}
+
+/// The libraries of one prefix, by the file names the loader would look up.
+#[derive(Debug, Default)]
+pub struct PrefixLibs {
+    pub root: PathBuf,
+    by_name: HashMap<String, Vec<PrefixLib>>,
+}
+
+impl PrefixLibs {
+    pub fn new(root: PathBuf) -> PrefixLibs {
+        PrefixLibs {
+            root,
+            by_name: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, name: String, lib: PrefixLib) {
+        let entries = self.by_name.entry(name).or_default();
+        if !entries.iter().any(|e| e.dir == lib.dir) {
+            entries.push(lib);
+            entries.sort_by(|a, b| a.dir.cmp(&b.dir));
+        }
+    }
+
+    fn candidates(&self, soname: &str, machine: u16, class: Class) -> Vec<&PrefixLib> {
+        self.by_name
+            .get(soname)
+            .into_iter()
+            .flatten()
+            .filter(|l| l.machine == machine && l.class == class)
+            .collect()
+    }
+
+    /// Whether `dir` holds a library named `soname` of this machine.
+    fn dir_holds(&self, dir: &Path, soname: &str, machine: u16, class: Class) -> bool {
+        self.candidates(soname, machine, class).iter().any(|l| l.dir == dir)
+    }
+}
+
+/// Where a needed library comes from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum Provider {
+    /// The interpreter's glibc: found in its own lib dir, no entry needed.
+    Glibc,
+    /// Already found through a run path entry the file has.
+    RunPath { entry: String },
+    /// The prefix's own copy.
+    Prefix { dir: PathBuf, entry: String },
+    /// The GPU driver dir of the running system.
+    GpuDriver { entry: String },
+    /// A `--lib-dir` or a store path.
+    Outside { entry: String },
+    /// Nowhere; listed with what was searched.
+    Unresolved { searched: Vec<String> },
+    /// Nowhere, and the user said that is fine.
+    Ignored,
+}
+
+impl Provider {
+    fn new_entry(&self) -> Option<&str> {
+        match self {
+            Provider::Prefix { entry, .. } | Provider::GpuDriver { entry } | Provider::Outside { entry } => {
+                Some(entry)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One needed library and its provider.
+#[derive(Debug, Clone, Serialize)]
+pub struct Needed {
+    pub soname: String,
+    #[serde(flatten)]
+    pub provider: Provider,
+    pub reason: String,
+}
+
+/// What a file needs and the run path that serves it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolution {
+    pub needed: Vec<Needed>,
+    /// The run path the file should have; `None` when it should stay as it is.
+    pub run_path: Option<String>,
+}
+
+impl Resolution {
+    pub fn unresolved(&self) -> impl Iterator<Item = &Needed> {
+        self.needed
+            .iter()
+            .filter(|n| matches!(n.provider, Provider::Unresolved { .. }))
+    }
+}
+
+/// A file to resolve, as the scan read it.
+pub struct FileToResolve<'a> {
+    pub path: &'a Path,
+    pub machine: u16,
+    pub class: Class,
+    pub needed: &'a [String],
+    pub run_path: Option<&'a str>,
+    pub owner: Option<&'a str>,
+}
+
+/// Everything resolution consults outside the file itself.
+pub struct Resolver<'a> {
+    pub store: Option<&'a StoreIndex>,
+    pub preferences: &'a Preferences,
+    pub ignore_missing: &'a GlobSet,
+    /// For a package, the packages it depends on, transitively (conda prefixes only).
+    pub depends: &'a (dyn Fn(&str) -> Vec<String> + Sync),
+}
+
+impl Resolver<'_> {
+    pub fn resolve(&self, file: &FileToResolve, libs: &PrefixLibs) -> Resolution {
+        let origin = file.path.parent().unwrap_or(Path::new("/"));
+        let existing: Vec<&str> = file
+            .run_path
+            .map(|r| r.split(':').filter(|e| !e.is_empty()).collect())
+            .unwrap_or_default();
+        let needed: Vec<Needed> = file
+            .needed
+            .iter()
+            .map(|soname| self.resolve_one(file, soname, origin, &existing, libs))
+            .collect();
+        let mut run_path: Vec<String> = existing.iter().map(|e| e.to_string()).collect();
+        for entry in needed.iter().filter_map(|n| n.provider.new_entry()) {
+            if !run_path.iter().any(|e| e == entry) {
+                run_path.push(entry.to_string());
+            }
+        }
+        let joined = run_path.join(":");
+        let changed = file.run_path.unwrap_or("") != joined;
+        Resolution {
+            needed,
+            run_path: changed.then_some(joined),
+        }
+    }
+
+    fn resolve_one(
+        &self,
+        file: &FileToResolve,
+        soname: &str,
+        origin: &Path,
+        existing: &[&str],
+        libs: &PrefixLibs,
+    ) -> Needed {
+        let needed = |provider: Provider, reason: String| Needed {
+            soname: soname.to_string(),
+            provider,
+            reason,
+        };
+        if is_glibc_library(soname) {
+            return needed(Provider::Glibc, "part of glibc: the interpreter's own lib dir".into());
+        }
+        if let Some(entry) = existing
+            .iter()
+            .find(|e| self.entry_serves(e, origin, soname, file, libs))
+        {
+            return needed(
+                Provider::RunPath {
+                    entry: entry.to_string(),
+                },
+                format!("already found through run path entry {entry}"),
+            );
+        }
+        if is_gpu_driver_library(soname) {
+            return needed(
+                Provider::GpuDriver {
+                    entry: OPENGL_DRIVER_DIR.into(),
+                },
+                "GPU driver library: provided by the running system".into(),
+            );
+        }
+        if let Some((lib, why)) = self.choose_in_prefix(file, soname, libs) {
+            let entry = origin_entry(origin, &lib.dir);
+            return needed(
+                Provider::Prefix {
+                    dir: lib.dir.clone(),
+                    entry,
+                },
+                why,
+            );
+        }
+        if let Some(choice) = self
+            .store
+            .and_then(|s| s.choose(soname, file.machine, file.class, self.preferences))
+        {
+            return needed(
+                Provider::Outside {
+                    entry: choice.path.display().to_string(),
+                },
+                choice.reason,
+            );
+        }
+        if self.ignore_missing.is_match(soname) {
+            return needed(Provider::Ignored, "not found; ignored as asked (--ignore-missing)".into());
+        }
+        let mut searched: Vec<String> = existing.iter().map(|e| e.to_string()).collect();
+        searched.push(format!("the prefix {}", libs.root.display()));
+        searched.extend(self.preferences.lib_dirs.iter().map(|d| d.display().to_string()));
+        if let Some(store) = self.store {
+            searched.push(format!("the store {}", store.store_dir().display()));
+        }
+        needed(Provider::Unresolved { searched }, "not found anywhere searched".into())
+    }
+
+    /// Whether an existing run path entry already finds `soname`. Only entries inside the
+    /// prefix, the store or the driver dir count: host paths do not exist on NixOS.
+    fn entry_serves(&self, entry: &str, origin: &Path, soname: &str, file: &FileToResolve, libs: &PrefixLibs) -> bool {
+        let dir = normalize(&expand_origin(entry, origin));
+        if dir.starts_with(&libs.root) {
+            return libs.dir_holds(&dir, soname, file.machine, file.class);
+        }
+        let in_store = self.store.is_some_and(|s| dir.starts_with(s.store_dir()));
+        (in_store || dir.starts_with(OPENGL_DRIVER_DIR)) && dir.join(soname).exists()
+    }
+
+    /// The prefix's copy of `soname`; among several, the one from a package the owner depends
+    /// on, then the one in the owner's own package, then the first by path.
+    fn choose_in_prefix<'l>(&self, file: &FileToResolve, soname: &str, libs: &'l PrefixLibs) -> Option<(&'l PrefixLib, String)> {
+        let candidates = libs.candidates(soname, file.machine, file.class);
+        let first = *candidates.first()?;
+        if candidates.len() == 1 {
+            return Some((first, format!("the prefix's own copy in {}", first.dir.display())));
+        }
+        let Some(owner) = file.owner else {
+            return Some((first, format!("first of {} copies in the prefix", candidates.len())));
+        };
+        let depends = (self.depends)(owner);
+        let by_dependency = candidates.iter().find(|c| {
+            c.owner
+                .as_deref()
+                .is_some_and(|o| o == owner || depends.iter().any(|d| d == o))
+        });
+        match by_dependency {
+            Some(lib) => Some((
+                lib,
+                format!(
+                    "{} of {} copies: from {}, which {owner} depends on",
+                    lib.dir.display(),
+                    candidates.len(),
+                    lib.owner.as_deref().unwrap_or("?")
+                ),
+            )),
+            None => Some((first, format!("first of {} copies in the prefix", candidates.len()))),
+        }
+    }
+}
+
+/// `$ORIGIN` (or `${ORIGIN}`) replaced by the file's directory.
+pub fn expand_origin(entry: &str, origin: &Path) -> PathBuf {
+    let o = origin.to_string_lossy();
+    PathBuf::from(entry.replace("${ORIGIN}", &o).replace("$ORIGIN", &o))
+}
+
+/// Removes `.` and `..` components lexically, as the loader does with `$ORIGIN` paths.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The `$ORIGIN`-relative entry reaching `dir` from `origin`.
+pub fn origin_entry(origin: &Path, dir: &Path) -> String {
+    let from: Vec<_> = origin.components().collect();
+    let to: Vec<_> = dir.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to[common..] {
+        rel.push(c);
+    }
+    if rel.as_os_str().is_empty() {
+        "$ORIGIN".into()
+    } else {
+        format!("$ORIGIN/{}", rel.display())
+    }
+}
+
+/// Sonames nothing could provide, with the files that need them.
+pub fn unresolved_summary<'a>(
+    files: impl Iterator<Item = (&'a Path, &'a Resolution)>,
+) -> BTreeMap<String, Vec<PathBuf>> {
+    let mut missing: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for (path, res) in files {
+        for n in res.unresolved() {
+            missing.entry(n.soname.clone()).or_default().push(path.to_path_buf());
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_entries_are_relative() {
+        assert_eq!(origin_entry(Path::new("/p/bin"), Path::new("/p/lib")), "$ORIGIN/../lib");
+        assert_eq!(origin_entry(Path::new("/p/lib"), Path::new("/p/lib")), "$ORIGIN");
+        assert_eq!(
+            origin_entry(Path::new("/p/lib/python3.12/site-packages/x"), Path::new("/p/lib")),
+            "$ORIGIN/../../.."
+        );
+    }
+
+    #[test]
+    fn normalizes_origin_paths() {
+        let p = expand_origin("$ORIGIN/../lib", Path::new("/p/bin"));
+        assert_eq!(normalize(&p), PathBuf::from("/p/lib"));
+    }
+
+    #[test]
+    fn glibc_and_gpu_libraries_are_recognised() {
+        assert!(is_glibc_library("libm.so.6"));
+        assert!(is_glibc_library("ld-linux-x86-64.so.2"));
+        assert!(!is_glibc_library("libstdc++.so.6"));
+        assert!(is_gpu_driver_library("libcuda.so.1"));
+        assert!(is_gpu_driver_library("libnvidia-ml.so.1"));
+        assert!(!is_gpu_driver_library("libGL.so.1"));
+    }
+}
