@@ -1,7 +1,14 @@
 //! autopatch: makes prebuilt binaries of conda and pip environments run on NixOS by rewriting
 //! their ELF interpreter and run path.
 
-pub mod elf;
 pub mod apply;
+pub mod check;
 pub mod cli;
+pub mod conda;
+pub mod config;
+pub mod elf;
+pub mod pip;
+pub mod plan;
+pub mod resolve;
 pub mod scan;
+pub mod store;

@@ -201,7 +201,10 @@ pub fn plan(scan: &ScanResult, roots: &[PathBuf], settings: &Settings) -> Vec<Fi
         .enumerate()
         .map(|(k, inode)| {
             let Some((name, prefix_root)) = &planned[k] else {
-                return skipped(inode, "only in a package cache: patched through the environments that link it");
+                return skipped(
+                    inode,
+                    "only in a package cache: patched through the environments that link it",
+                );
             };
             let info = match &infos[k] {
                 Ok(info) => info,
@@ -265,7 +268,8 @@ fn plan_file(
             }
             None => {
                 plan.action = Action::Error {
-                    message: "no interpreter to set: none found in the store; pass --interpreter".into(),
+                    message: "no interpreter to set: none found in the store; pass --interpreter"
+                        .into(),
                 };
                 return plan;
             }
@@ -298,15 +302,25 @@ fn interpreter_fits(interp: &Path, info: &FileInfo) -> bool {
 }
 
 fn skipped(inode: &Inode, reason: &str) -> FilePlan {
-    bare_plan(inode, &inode.names[0], Path::new("/"), Action::Skip {
-        reason: reason.to_string(),
-    })
+    bare_plan(
+        inode,
+        &inode.names[0],
+        Path::new("/"),
+        Action::Skip {
+            reason: reason.to_string(),
+        },
+    )
 }
 
 fn errored(inode: &Inode, name: &Path, prefix: &Path, message: &str) -> FilePlan {
-    bare_plan(inode, name, prefix, Action::Error {
-        message: message.to_string(),
-    })
+    bare_plan(
+        inode,
+        name,
+        prefix,
+        Action::Error {
+            message: message.to_string(),
+        },
+    )
 }
 
 fn bare_plan(inode: &Inode, name: &Path, prefix: &Path, action: Action) -> FilePlan {

@@ -48,7 +48,9 @@ const GPU_DRIVER_PREFIXES: &[&str] = &[
 ];
 
 pub fn is_glibc_library(soname: &str) -> bool {
-    GLIBC_SONAMES.contains(&soname) || soname.starts_with("ld-linux") || soname.starts_with("ld64.so")
+    GLIBC_SONAMES.contains(&soname)
+        || soname.starts_with("ld-linux")
+        || soname.starts_with("ld64.so")
 }
 
 pub fn is_gpu_driver_library(soname: &str) -> bool {
@@ -99,7 +101,9 @@ impl PrefixLibs {
 
     /// Whether `dir` holds a library named `soname` of this machine.
     fn dir_holds(&self, dir: &Path, soname: &str, machine: u16, class: Class) -> bool {
-        self.candidates(soname, machine, class).iter().any(|l| l.dir == dir)
+        self.candidates(soname, machine, class)
+            .iter()
+            .any(|l| l.dir == dir)
     }
 }
 
@@ -126,9 +130,9 @@ pub enum Provider {
 impl Provider {
     fn new_entry(&self) -> Option<&str> {
         match self {
-            Provider::Prefix { entry, .. } | Provider::GpuDriver { entry } | Provider::Outside { entry } => {
-                Some(entry)
-            }
+            Provider::Prefix { entry, .. }
+            | Provider::GpuDriver { entry }
+            | Provider::Outside { entry } => Some(entry),
             _ => None,
         }
     }
@@ -218,7 +222,10 @@ impl Resolver<'_> {
             reason,
         };
         if is_glibc_library(soname) {
-            return needed(Provider::Glibc, "part of glibc: the interpreter's own lib dir".into());
+            return needed(
+                Provider::Glibc,
+                "part of glibc: the interpreter's own lib dir".into(),
+            );
         }
         if let Some(entry) = existing
             .iter()
@@ -261,20 +268,38 @@ impl Resolver<'_> {
             );
         }
         if self.ignore_missing.is_match(soname) {
-            return needed(Provider::Ignored, "not found; ignored as asked (--ignore-missing)".into());
+            return needed(
+                Provider::Ignored,
+                "not found; ignored as asked (--ignore-missing)".into(),
+            );
         }
         let mut searched: Vec<String> = existing.iter().map(|e| e.to_string()).collect();
         searched.push(format!("the prefix {}", libs.root.display()));
-        searched.extend(self.preferences.lib_dirs.iter().map(|d| d.display().to_string()));
+        searched.extend(
+            self.preferences
+                .lib_dirs
+                .iter()
+                .map(|d| d.display().to_string()),
+        );
         if let Some(store) = self.store {
             searched.push(format!("the store {}", store.store_dir().display()));
         }
-        needed(Provider::Unresolved { searched }, "not found anywhere searched".into())
+        needed(
+            Provider::Unresolved { searched },
+            "not found anywhere searched".into(),
+        )
     }
 
     /// Whether an existing run path entry already finds `soname`. Only entries inside the
     /// prefix, the store or the driver dir count: host paths do not exist on NixOS.
-    fn entry_serves(&self, entry: &str, origin: &Path, soname: &str, file: &FileToResolve, libs: &PrefixLibs) -> bool {
+    fn entry_serves(
+        &self,
+        entry: &str,
+        origin: &Path,
+        soname: &str,
+        file: &FileToResolve,
+        libs: &PrefixLibs,
+    ) -> bool {
         let dir = normalize(&expand_origin(entry, origin));
         if dir.starts_with(&libs.root) {
             return libs.dir_holds(&dir, soname, file.machine, file.class);
@@ -285,14 +310,25 @@ impl Resolver<'_> {
 
     /// The prefix's copy of `soname`; among several, the one from a package the owner depends
     /// on, then the one in the owner's own package, then the first by path.
-    fn choose_in_prefix<'l>(&self, file: &FileToResolve, soname: &str, libs: &'l PrefixLibs) -> Option<(&'l PrefixLib, String)> {
+    fn choose_in_prefix<'l>(
+        &self,
+        file: &FileToResolve,
+        soname: &str,
+        libs: &'l PrefixLibs,
+    ) -> Option<(&'l PrefixLib, String)> {
         let candidates = libs.candidates(soname, file.machine, file.class);
         let first = *candidates.first()?;
         if candidates.len() == 1 {
-            return Some((first, format!("the prefix's own copy in {}", first.dir.display())));
+            return Some((
+                first,
+                format!("the prefix's own copy in {}", first.dir.display()),
+            ));
         }
         let Some(owner) = file.owner else {
-            return Some((first, format!("first of {} copies in the prefix", candidates.len())));
+            return Some((
+                first,
+                format!("first of {} copies in the prefix", candidates.len()),
+            ));
         };
         let depends = (self.depends)(owner);
         let by_dependency = candidates.iter().find(|c| {
@@ -310,7 +346,10 @@ impl Resolver<'_> {
                     lib.owner.as_deref().unwrap_or("?")
                 ),
             )),
-            None => Some((first, format!("first of {} copies in the prefix", candidates.len()))),
+            None => Some((
+                first,
+                format!("first of {} copies in the prefix", candidates.len()),
+            )),
         }
     }
 }
@@ -362,7 +401,10 @@ pub fn unresolved_summary<'a>(
     let mut missing: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for (path, res) in files {
         for n in res.unresolved() {
-            missing.entry(n.soname.clone()).or_default().push(path.to_path_buf());
+            missing
+                .entry(n.soname.clone())
+                .or_default()
+                .push(path.to_path_buf());
         }
     }
     missing
@@ -374,10 +416,19 @@ mod tests {
 
     #[test]
     fn origin_entries_are_relative() {
-        assert_eq!(origin_entry(Path::new("/p/bin"), Path::new("/p/lib")), "$ORIGIN/../lib");
-        assert_eq!(origin_entry(Path::new("/p/lib"), Path::new("/p/lib")), "$ORIGIN");
         assert_eq!(
-            origin_entry(Path::new("/p/lib/python3.12/site-packages/x"), Path::new("/p/lib")),
+            origin_entry(Path::new("/p/bin"), Path::new("/p/lib")),
+            "$ORIGIN/../lib"
+        );
+        assert_eq!(
+            origin_entry(Path::new("/p/lib"), Path::new("/p/lib")),
+            "$ORIGIN"
+        );
+        assert_eq!(
+            origin_entry(
+                Path::new("/p/lib/python3.12/site-packages/x"),
+                Path::new("/p/lib")
+            ),
             "$ORIGIN/../../.."
         );
     }

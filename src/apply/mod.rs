@@ -143,11 +143,16 @@ pub struct Patched {
 /// Rewrites one inode with `edits`, giving every name in `names` the new content while they
 /// keep sharing one inode; names outside `names` keep the old inode and content. `Ok(None)`
 /// when the file already is as asked.
-pub fn patch_inode(names: &[PathBuf], edits: &Edits, want_hash: bool) -> Result<Option<Patched>, PatchError> {
+pub fn patch_inode(
+    names: &[PathBuf],
+    edits: &Edits,
+    want_hash: bool,
+) -> Result<Option<Patched>, PatchError> {
     let first = &names[0];
     let input = MappedFile::open(first).map_err(|e| PatchError::io(first, "cannot open", e))?;
     let elf = Elf::parse(input.bytes()).map_err(|e| PatchError::Elf(first.clone(), e))?;
-    let Some(rewrite) = elf::plan(&elf, edits).map_err(|e| PatchError::Elf(first.clone(), e))? else {
+    let Some(rewrite) = elf::plan(&elf, edits).map_err(|e| PatchError::Elf(first.clone(), e))?
+    else {
         return Ok(None);
     };
     let staged = stage(first, &input.file, input.bytes(), &rewrite, &input.meta)?;

@@ -28,10 +28,20 @@ pub struct ResolveArgs {
     #[arg(long, env = "AUTOPATCH_INTERPRETER", value_name = "PATH")]
     pub interpreter: Option<PathBuf>,
     /// A directory searched first for outside libraries (repeatable).
-    #[arg(long = "lib-dir", env = "AUTOPATCH_LIB_DIR", value_delimiter = ':', value_name = "DIR")]
+    #[arg(
+        long = "lib-dir",
+        env = "AUTOPATCH_LIB_DIR",
+        value_delimiter = ':',
+        value_name = "DIR"
+    )]
     pub lib_dirs: Vec<PathBuf>,
     /// Sonames (globs) that may stay unresolved (repeatable).
-    #[arg(long, env = "AUTOPATCH_IGNORE_MISSING", value_delimiter = ':', value_name = "GLOB")]
+    #[arg(
+        long,
+        env = "AUTOPATCH_IGNORE_MISSING",
+        value_delimiter = ':',
+        value_name = "GLOB"
+    )]
     pub ignore_missing: Vec<String>,
     /// Where the store index is cached.
     #[arg(long, env = "AUTOPATCH_CACHE_DIR", value_name = "DIR")]
@@ -77,9 +87,15 @@ impl ResolveArgs {
             .unwrap_or_else(|| PathBuf::from("/nix/store"));
         let cache = config::cache_dir(self.cache_dir.as_deref().or(file.cache_dir.as_deref()));
         let store = if store_dir.is_dir() {
-            Some(StoreIndex::open(&store_dir, &cache).with_context(|| format!("cannot index the store {}", store_dir.display()))?)
+            Some(
+                StoreIndex::open(&store_dir, &cache)
+                    .with_context(|| format!("cannot index the store {}", store_dir.display()))?,
+            )
         } else {
-            tracing::warn!("no store at {}: outside libraries cannot be found", store_dir.display());
+            tracing::warn!(
+                "no store at {}: outside libraries cannot be found",
+                store_dir.display()
+            );
             None
         };
         let interpreter = self
@@ -89,7 +105,8 @@ impl ResolveArgs {
             .or_else(|| discover_interpreter(store.as_ref()));
         let mut lib_dirs = self.lib_dirs.clone();
         lib_dirs.extend(file.lib_dir.iter().cloned());
-        let mut preferences = Preferences::from_profiles(&store_dir, &Preferences::default_profiles());
+        let mut preferences =
+            Preferences::from_profiles(&store_dir, &Preferences::default_profiles());
         preferences.lib_dirs = lib_dirs;
         preferences.glibc = interpreter
             .as_ref()
@@ -107,7 +124,8 @@ impl ResolveArgs {
 fn glob_set<'a>(globs: impl Iterator<Item = &'a String>) -> Result<GlobSet> {
     let mut builder = GlobSetBuilder::new();
     for g in globs {
-        builder.add(Glob::new(g).with_context(|| format!("invalid --ignore-missing pattern {g:?}"))?);
+        builder
+            .add(Glob::new(g).with_context(|| format!("invalid --ignore-missing pattern {g:?}"))?);
     }
     Ok(builder.build()?)
 }
@@ -116,10 +134,17 @@ fn glob_set<'a>(globs: impl Iterator<Item = &'a String>) -> Result<GlobSet> {
 /// autopatch itself runs with, or the newest glibc of the store.
 fn discover_interpreter(store: Option<&StoreIndex>) -> Option<PathBuf> {
     let from_bintools = std::env::var_os("NIX_BINTOOLS")
-        .and_then(|b| std::fs::read_to_string(Path::new(&b).join("nix-support/dynamic-linker")).ok())
+        .and_then(|b| {
+            std::fs::read_to_string(Path::new(&b).join("nix-support/dynamic-linker")).ok()
+        })
         .map(|s| PathBuf::from(s.trim()))
         .filter(|p| !p.as_os_str().is_empty());
-    let interpreter_of = |p: &Path| FileInfo::read(p).ok().and_then(|i| i.interpreter).map(PathBuf::from);
+    let interpreter_of = |p: &Path| {
+        FileInfo::read(p)
+            .ok()
+            .and_then(|i| i.interpreter)
+            .map(PathBuf::from)
+    };
     let from_system = || interpreter_of(Path::new("/run/current-system/sw/bin/sh"));
     let from_self = || {
         std::env::current_exe()
@@ -128,7 +153,10 @@ fn discover_interpreter(store: Option<&StoreIndex>) -> Option<PathBuf> {
             .and_then(|exe| interpreter_of(&exe))
     };
     let from_store = || store.and_then(|s| s.newest_glibc_interpreter(host_machine()));
-    from_bintools.or_else(from_system).or_else(from_self).or_else(from_store)
+    from_bintools
+        .or_else(from_system)
+        .or_else(from_self)
+        .or_else(from_store)
 }
 
 fn host_machine() -> u16 {
@@ -181,9 +209,13 @@ pub fn run(args: &FixArgs) -> Result<bool> {
     let file_config = config::load()?;
     let jobs = args.jobs.or(file_config.jobs);
     if let Some(jobs) = jobs {
-        rayon::ThreadPoolBuilder::new().num_threads(jobs).build_global().ok();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .build_global()
+            .ok();
     }
-    let update_records = !(args.no_update_records || file_config.no_update_records.unwrap_or(false));
+    let update_records =
+        !(args.no_update_records || file_config.no_update_records.unwrap_or(false));
     let settings = args.resolve.resolve(&file_config)?;
     let roots = absolute_roots(&args.paths)?;
     let scanned = scan::scan(&roots);
@@ -217,11 +249,12 @@ pub fn run(args: &FixArgs) -> Result<bool> {
     summary.scanned_entries = scanned.entries;
     summary.errors += scanned.errors.len();
     summary.bytes_written = written.load(Ordering::Relaxed);
-    let unresolved = resolve::unresolved_summary(
-        results
-            .iter()
-            .filter_map(|r| r.plan.resolution.as_ref().map(|res| (r.plan.path.as_path(), res))),
-    );
+    let unresolved = resolve::unresolved_summary(results.iter().filter_map(|r| {
+        r.plan
+            .resolution
+            .as_ref()
+            .map(|res| (r.plan.path.as_path(), res))
+    }));
     if args.json {
         let report = Report {
             dry_run: args.dry_run,
@@ -232,7 +265,13 @@ pub fn run(args: &FixArgs) -> Result<bool> {
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_human(&results, &summary, &unresolved, &scanned.errors, args.dry_run);
+        print_human(
+            &results,
+            &summary,
+            &unresolved,
+            &scanned.errors,
+            args.dry_run,
+        );
     }
     Ok(summary.errors == 0 && unresolved.is_empty())
 }
@@ -259,7 +298,10 @@ fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64) -> FileResult {
         return untouched(plan);
     }
     let edits = Edits {
-        interpreter: plan.new_interpreter.as_ref().map(|i| i.clone().into_bytes()),
+        interpreter: plan
+            .new_interpreter
+            .as_ref()
+            .map(|i| i.clone().into_bytes()),
         run_path: plan
             .new_run_path
             .as_ref()
@@ -296,7 +338,8 @@ fn ordered_names(plan: &FilePlan) -> Vec<PathBuf> {
     names
 }
 
-/// Writes the new hash and size of patched files into their prefixes' conda records.
+/// Writes the new hash and size of patched files into their prefixes' conda records. Symlink
+/// entries are left as the installer wrote them: the links themselves do not change.
 fn update_conda_records(results: &[FileResult]) -> Result<()> {
     let mut by_prefix: BTreeMap<&Path, Vec<(String, &str, u64)>> = BTreeMap::new();
     for r in results {
@@ -304,15 +347,17 @@ fn update_conda_records(results: &[FileResult]) -> Result<()> {
         let Some(sha) = &p.sha256 else { continue };
         for name in &p.names {
             if let Ok(rel) = name.strip_prefix(&r.plan.prefix) {
-                by_prefix
-                    .entry(&r.plan.prefix)
-                    .or_default()
-                    .push((rel.to_string_lossy().into_owned(), sha, p.len));
+                by_prefix.entry(&r.plan.prefix).or_default().push((
+                    rel.to_string_lossy().into_owned(),
+                    sha,
+                    p.len,
+                ));
             }
         }
     }
     for (prefix, files) in by_prefix {
-        let refs: Vec<crate::conda::ChangedFile> = files.iter().map(|(p, s, l)| (p.as_str(), *s, *l)).collect();
+        let refs: Vec<crate::conda::ChangedFile> =
+            files.iter().map(|(p, s, l)| (p.as_str(), *s, *l)).collect();
         crate::conda::update_records(prefix, &refs)
             .with_context(|| format!("{}: cannot update conda-meta records", prefix.display()))?;
     }
@@ -331,7 +376,11 @@ fn summarize(results: &[FileResult]) -> Summary {
             (Action::AlreadyFine, None) => s.already_fine += 1,
             (Action::Skip { .. }, None) => s.skipped += 1,
         }
-        if r.plan.resolution.as_ref().is_some_and(|res| res.unresolved().next().is_some()) {
+        if r.plan
+            .resolution
+            .as_ref()
+            .is_some_and(|res| res.unresolved().next().is_some())
+        {
             s.unresolved += 1;
         }
     }
@@ -346,7 +395,10 @@ fn print_human(
     dry_run: bool,
 ) {
     let verb = if dry_run { "would patch" } else { "patched" };
-    for r in results.iter().filter(|r| r.plan.action == Action::Patch && r.error.is_none()) {
+    for r in results
+        .iter()
+        .filter(|r| r.plan.action == Action::Patch && r.error.is_none())
+    {
         let mut what = Vec::new();
         if let Some(i) = &r.plan.new_interpreter {
             what.push(format!("interpreter {i}"));
@@ -368,7 +420,11 @@ fn print_human(
         eprintln!("error: {}: {why}", path.display());
     }
     for (soname, files) in unresolved {
-        let names: Vec<String> = files.iter().take(5).map(|f| f.display().to_string()).collect();
+        let names: Vec<String> = files
+            .iter()
+            .take(5)
+            .map(|f| f.display().to_string())
+            .collect();
         let more = files.len().saturating_sub(5);
         let searched = results
             .iter()
@@ -380,7 +436,11 @@ fn print_human(
                 _ => None,
             })
             .unwrap_or_default();
-        let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+        let tail = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
         eprintln!(
             "unresolved: {soname} (needed by {}{tail}); searched {searched}; add a --lib-dir that has it, or --ignore-missing '{soname}'",
             names.join(", ")
@@ -404,7 +464,9 @@ fn progress_bar(len: usize) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patching {wide_msg}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patching {wide_msg}")
+    {
         bar.set_style(style);
     }
     bar

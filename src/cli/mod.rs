@@ -1,6 +1,7 @@
 //! The command line: parses arguments and hands each subcommand to the library.
 
 mod elf_cmd;
+mod fix_cmd;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Read or edit ELF files directly (takes patchelf's flags).
     Elf(elf_cmd::ElfArgs),
+    /// Patch every binary of conda or pip prefixes so it runs on NixOS.
+    Fix(fix_cmd::FixArgs),
 }
 
 /// Runs the command line; exit 0 when everything succeeded, 1 when something failed, 2 on usage
@@ -28,6 +31,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Elf(args) => elf_cmd::run(args),
+        Command::Fix(args) => fix_cmd::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -84,9 +84,16 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
             i
         })
         .collect();
-    result.elf_inodes.sort_by(|a, b| a.names[0].cmp(&b.names[0]));
-    let canonical_roots: Vec<PathBuf> = roots.iter().filter_map(|r| fs::canonicalize(r).ok()).collect();
-    result.symlinks.retain(|(_, target)| canonical_roots.iter().any(|r| target.starts_with(r)));
+    result
+        .elf_inodes
+        .sort_by(|a, b| a.names[0].cmp(&b.names[0]));
+    let canonical_roots: Vec<PathBuf> = roots
+        .iter()
+        .filter_map(|r| fs::canonicalize(r).ok())
+        .collect();
+    result
+        .symlinks
+        .retain(|(_, target)| canonical_roots.iter().any(|r| target.starts_with(r)));
     result.symlinks.sort();
     result.errors.sort();
     result
@@ -115,7 +122,9 @@ fn walk_root(root: &Path, result: &mut ScanResult, candidates: &mut Vec<(PathBuf
             match entry.metadata() {
                 Ok(meta) if meta.len() >= 52 => candidates.push((path.to_path_buf(), meta)),
                 Ok(_) => {}
-                Err(err) => result.errors.push((path.to_path_buf(), format!("cannot stat: {err}"))),
+                Err(err) => result
+                    .errors
+                    .push((path.to_path_buf(), format!("cannot stat: {err}"))),
             }
         }
     }

@@ -1,0 +1,164 @@
+//! Objects as the loader sees them, read once per file and shared by every check: a prefix has
+//! thousands of files loading the same few libraries.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::elf::{Class, Elf, ElfError, RunPathKind};
+use crate::scan::MappedFile;
+
+const DT_FLAGS_1: i64 = 0x6fff_fffb;
+/// Search no default directories for this object's dependencies.
+pub(crate) const DF_1_NODEFLIB: u64 = 0x800;
+/// A position-independent executable, which cannot be loaded as a dependency.
+pub(crate) const DF_1_PIE: u64 = 0x0800_0000;
+/// The loader reads this much of a file before judging it; shorter files are refused.
+const ELF64_HEADER_SIZE: usize = 64;
+
+/// What the loader needs to know of one ELF file, owned so the file can be unmapped.
+#[derive(Debug)]
+pub(crate) struct Object {
+    pub canonical: PathBuf,
+    pub class: Class,
+    pub machine: u16,
+    pub little_endian: bool,
+    pub e_type: u16,
+    pub flags_1: u64,
+    pub interpreter: Option<PathBuf>,
+    pub soname: Option<String>,
+    pub needed: Vec<String>,
+    pub rpath: Option<Vec<u8>>,
+    pub runpath: Option<Vec<u8>>,
+    /// Library name and the versions of it this object needs.
+    pub version_needs: Vec<(String, Vec<String>)>,
+    /// Every version this object defines, the base one (its own name) included.
+    pub version_defs: Vec<String>,
+    pub is_loadable: bool,
+    pub is_static: bool,
+    pub is_separate_debug: bool,
+}
+
+impl Object {
+    fn from_elf(elf: &Elf, canonical: PathBuf) -> Object {
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Object {
+            canonical,
+            class: elf.class,
+            machine: elf.machine,
+            little_endian: elf.little_endian,
+            e_type: elf.e_type,
+            flags_1: elf
+                .dynamic_entries()
+                .iter()
+                .find(|e| e.tag == DT_FLAGS_1)
+                .map_or(0, |e| e.val),
+            interpreter: elf.interpreter().map(|i| PathBuf::from(lossy(i))),
+            soname: elf.soname().map(lossy),
+            needed: elf.needed().into_iter().map(lossy).collect(),
+            rpath: elf.rpath().map(<[u8]>::to_vec),
+            runpath: elf.runpath().map(<[u8]>::to_vec),
+            version_needs: elf
+                .version_needs()
+                .into_iter()
+                .map(|n| (n.file, n.versions))
+                .collect(),
+            version_defs: elf.version_defs().into_iter().map(|d| d.name).collect(),
+            is_loadable: elf.is_loadable(),
+            is_static: elf.is_static(),
+            is_separate_debug: elf.is_separate_debug(),
+        }
+    }
+
+    /// The run path that serves the libraries this object loads, and its kind. A `DT_RUNPATH`
+    /// makes the loader ignore `DT_RPATH`; an empty string is no path at all.
+    pub fn search_path(&self, kind: RunPathKind) -> Option<&[u8]> {
+        let path = match kind {
+            RunPathKind::RunPath => self.runpath.as_deref(),
+            RunPathKind::RPath if self.runpath.is_some() => None,
+            RunPathKind::RPath => self.rpath.as_deref(),
+        };
+        path.filter(|p| !p.is_empty())
+    }
+
+    /// Whether the loader skips `DT_RPATH`s when searching for this object's dependencies.
+    pub fn has_runpath(&self) -> bool {
+        self.runpath.is_some()
+    }
+
+    pub fn defines_versions(&self) -> bool {
+        !self.version_defs.is_empty()
+    }
+
+    /// What the loader sees when it opens this file as a checkable program or library.
+    pub fn is_checkable(&self) -> bool {
+        self.is_loadable && !self.is_static && !self.is_separate_debug
+    }
+}
+
+/// The outcome of opening a path the way the loader does.
+#[derive(Debug, Clone)]
+pub(crate) enum Probe {
+    /// Nothing there (or nothing the loader may open): the search goes on.
+    Missing,
+    Found(Arc<Object>),
+    /// Something is there that the loader refuses outright, stopping the program, with glibc's
+    /// reason.
+    Invalid(Arc<str>),
+}
+
+/// Objects already read, by the path they were probed at and by canonical path.
+#[derive(Default)]
+pub(crate) struct Objects {
+    by_path: Mutex<HashMap<PathBuf, Probe>>,
+    by_canonical: Mutex<HashMap<PathBuf, Probe>>,
+}
+
+impl Objects {
+    /// What the loader finds at `path` (relative paths are relative to the current directory).
+    pub fn probe(&self, path: &Path) -> Probe {
+        if let Some(hit) = lock(&self.by_path).get(path) {
+            return hit.clone();
+        }
+        let probe = match std::fs::canonicalize(path) {
+            Ok(canonical) => self.load(&canonical),
+            // A path the loader cannot open (missing, not a directory, not permitted) is passed
+            // over.
+            Err(_) => Probe::Missing,
+        };
+        lock(&self.by_path).insert(path.to_path_buf(), probe.clone());
+        probe
+    }
+
+    /// The object at a canonical path, read once.
+    pub fn load(&self, canonical: &Path) -> Probe {
+        if let Some(hit) = lock(&self.by_canonical).get(canonical) {
+            return hit.clone();
+        }
+        let probe = read_object(canonical);
+        lock(&self.by_canonical).insert(canonical.to_path_buf(), probe.clone());
+        probe
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave a cache map half-written; keep using it.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_object(canonical: &Path) -> Probe {
+    let file = match MappedFile::open(canonical) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Probe::Missing,
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => return Probe::Missing,
+        Err(err) => return Probe::Invalid(format!("cannot read file data: {err}").into()),
+    };
+    let bytes = file.bytes();
+    match Elf::parse(bytes) {
+        Ok(elf) => Probe::Found(Arc::new(Object::from_elf(&elf, canonical.to_path_buf()))),
+        Err(_) if bytes.len() < ELF64_HEADER_SIZE => Probe::Invalid("file too short".into()),
+        Err(ElfError::NotElf) => Probe::Invalid("invalid ELF header".into()),
+        Err(err) => Probe::Invalid(err.to_string().into()),
+    }
+}

@@ -1,0 +1,723 @@
+//! One simulated start of the loader: load order, search order, and symbol version checks, as
+//! glibc's `_dl_map_object_deps`, `_dl_map_object` and `_dl_check_map_versions` do them.
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::host;
+use super::loader::{Loader, Setup, kind_name};
+use super::object::{DF_1_NODEFLIB, DF_1_PIE, Object, Probe};
+use super::report::{FileReport, Problem, ProblemKind, Resolved, Shown, Via};
+use super::search::{Tokens, expand, search_dirs};
+use crate::elf::{ET_DYN, ET_EXEC, RunPathKind};
+
+/// An object in the process.
+struct Loaded {
+    /// Names it was asked for (glibc's `l_libname`).
+    names: Vec<String>,
+    /// The path it was opened at (`l_name`).
+    path: PathBuf,
+    object: Arc<Object>,
+    /// The object whose dependency first brought it in (`l_loader`).
+    loaded_by: Option<usize>,
+    /// What `$ORIGIN` means in its strings.
+    origin: PathBuf,
+    shown: String,
+    /// Whether it is in the load order (the interpreter is loaded but joins only when needed).
+    queued: bool,
+}
+
+/// What one place of the search turned up.
+enum Candidate {
+    Missing,
+    /// Passed over, as the loader does with an object for another class or machine.
+    Skipped(String),
+    /// Refused outright: the loader stops.
+    Refused(Arc<str>),
+    Usable(Arc<Object>),
+}
+
+/// Where a search ended.
+enum Hit {
+    Found {
+        path: PathBuf,
+        object: Arc<Object>,
+        via: Via,
+    },
+    Refused {
+        path: PathBuf,
+        why: Arc<str>,
+    },
+}
+
+/// Where a search looked, for the message when it fails.
+#[derive(Default)]
+struct Trail {
+    places: Vec<String>,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+pub(super) struct Session<'a, 'h> {
+    loader: &'a Loader<'h>,
+    setup: &'a Setup,
+    shown: &'a Shown,
+    loaded: Vec<Loaded>,
+    queue: VecDeque<usize>,
+    /// Names searched for in vain; the loader does not search for them again.
+    unfound: HashSet<String>,
+    report: FileReport,
+}
+
+impl<'a, 'h> Session<'a, 'h> {
+    pub fn new(
+        loader: &'a Loader<'h>,
+        setup: &'a Setup,
+        shown: &'a Shown,
+        main: Arc<Object>,
+        main_path: &Path,
+        report: FileReport,
+    ) -> Session<'a, 'h> {
+        // The kernel hands ld.so the program's real path (/proc/self/exe), so `$ORIGIN` of the
+        // program is the directory of its canonical path.
+        let program = Loaded {
+            names: Vec::new(),
+            path: main.canonical.clone(),
+            origin: parent(&main.canonical),
+            shown: shown.path(&main.canonical, main_path),
+            object: main,
+            loaded_by: None,
+            queued: true,
+        };
+        let mut loaded = vec![program];
+        if let (Some(path), Some(rtld)) = (&setup.interpreter, &setup.rtld) {
+            let mut names = vec![path.display().to_string()];
+            names.extend(rtld.soname.clone());
+            loaded.push(Loaded {
+                names,
+                path: path.clone(),
+                origin: parent(path),
+                shown: shown.path(&rtld.canonical, path),
+                object: rtld.clone(),
+                loaded_by: None,
+                queued: false,
+            });
+        }
+        Session {
+            loader,
+            setup,
+            shown,
+            loaded,
+            queue: VecDeque::from([0]),
+            unfound: HashSet::new(),
+            report,
+        }
+    }
+
+    pub fn run(mut self) -> FileReport {
+        // Breadth first: each object's needed libraries in order, new ones joining the queue.
+        while let Some(index) = self.queue.pop_front() {
+            let needed = self.loaded[index].object.needed.clone();
+            for name in &needed {
+                self.need(index, name);
+            }
+        }
+        self.check_versions();
+        self.report
+    }
+
+    fn need(&mut self, needer: usize, raw: &str) {
+        let name = if raw.contains('$') {
+            lossy(&expand(raw.as_bytes(), &self.tokens(needer)))
+        } else {
+            raw.to_string()
+        };
+        if let Some(index) = self.find_loaded(&name) {
+            self.join_load_order(index, &name);
+            return;
+        }
+        if self.unfound.contains(&name) {
+            return;
+        }
+        let mut trail = Trail::default();
+        match self.lookup(needer, &name, &mut trail) {
+            Some(Hit::Found { path, object, via }) => self.add(needer, name, path, object, via),
+            Some(Hit::Refused { path, why }) => {
+                self.unfound.insert(name.clone());
+                self.refused(needer, &name, &path, &why);
+            }
+            None => {
+                self.unfound.insert(name.clone());
+                self.not_found(needer, &name, &trail);
+            }
+        }
+    }
+
+    /// An already loaded object matching `name`: by a name it was asked for, the path it was
+    /// opened at, or its soname.
+    fn find_loaded(&self, name: &str) -> Option<usize> {
+        self.loaded.iter().position(|l| {
+            l.names.iter().any(|n| n == name)
+                || l.path.as_os_str() == name
+                || l.object.soname.as_deref() == Some(name)
+        })
+    }
+
+    fn join_load_order(&mut self, index: usize, name: &str) {
+        let entry = &mut self.loaded[index];
+        if entry.queued {
+            return;
+        }
+        entry.queued = true;
+        self.report.resolved.push(Resolved {
+            name: name.to_string(),
+            path: entry.path.clone(),
+            via: Via::Interpreter,
+        });
+        self.queue.push_back(index);
+    }
+
+    fn add(&mut self, needer: usize, name: String, path: PathBuf, object: Arc<Object>, via: Via) {
+        // The same file under another name is the same object (glibc compares device and inode).
+        if let Some(index) = self
+            .loaded
+            .iter()
+            .position(|l| l.object.canonical == object.canonical)
+        {
+            self.loaded[index].names.push(name.clone());
+            self.join_load_order(index, &name);
+            return;
+        }
+        let origin = parent(&absolute(&path));
+        self.report.resolved.push(Resolved {
+            name: name.clone(),
+            path: path.clone(),
+            via,
+        });
+        self.loaded.push(Loaded {
+            names: vec![name],
+            shown: self.shown.path(&object.canonical, &path),
+            path,
+            object,
+            loaded_by: Some(needer),
+            origin,
+            queued: true,
+        });
+        self.queue.push_back(self.loaded.len() - 1);
+    }
+
+    /// The search of `_dl_map_object` for a dependency of `needer`.
+    fn lookup(&mut self, needer: usize, name: &str, trail: &mut Trail) -> Option<Hit> {
+        if name.contains('/') {
+            return self.try_path(Path::new(name), Via::Path, trail);
+        }
+        let object = self.loaded[needer].object.clone();
+        // An object with a RUNPATH ignores every RPATH, its loaders' included.
+        if !object.has_runpath() {
+            for owner in self.chain(needer) {
+                let Some(rpath) = self.loaded[owner].object.search_path(RunPathKind::RPath) else {
+                    continue;
+                };
+                let dirs = search_dirs(rpath, b":", &self.tokens(owner));
+                let mut place = format!("RPATH [{}]", lossy(rpath));
+                if owner != needer {
+                    place += &format!(" of {}", self.loaded[owner].shown);
+                }
+                let via = Via::Rpath {
+                    owner: self.loaded[owner].path.clone(),
+                };
+                if let Some(hit) = self.search(&dirs, name, via, place, trail) {
+                    return Some(hit);
+                }
+            }
+        }
+        let loader = self.loader;
+        if let Some(entries) = &loader.config.env_ld_library_path {
+            let tokens = self.tokens(0);
+            let dirs: Vec<PathBuf> = entries
+                .iter()
+                .flat_map(|e| search_dirs(e.as_os_str().as_bytes(), b"", &tokens))
+                .collect();
+            let place = format!("LD_LIBRARY_PATH [{}]", join_dirs(entries));
+            if let Some(hit) = self.search(&dirs, name, Via::LdLibraryPath, place, trail) {
+                return Some(hit);
+            }
+        }
+        if let Some(runpath) = object.search_path(RunPathKind::RunPath) {
+            let dirs = search_dirs(runpath, b":", &self.tokens(needer));
+            let place = format!("RUNPATH [{}]", lossy(runpath));
+            if let Some(hit) = self.search(&dirs, name, Via::Runpath, place, trail) {
+                return Some(hit);
+            }
+        }
+        self.search_defaults(&object, name, trail)
+    }
+
+    /// The ld.so cache, then the built-in directories, unless the needer has `DF_1_NODEFLIB`
+    /// (which also rules out cache entries in those directories).
+    fn search_defaults(&mut self, needer: &Object, name: &str, trail: &mut Trail) -> Option<Hit> {
+        let nodeflib = needer.flags_1 & DF_1_NODEFLIB != 0;
+        let setup = self.setup;
+        if setup.use_ld_cache
+            && let Some(cache) = self.loader.ld_cache()
+        {
+            trail.places.push("the ld.so cache".into());
+            let fits = |flags| host::cache_flags_fit(setup.machine, setup.class, flags);
+            if let Some(cached) = cache.lookup(name, fits, setup.hwcaps)
+                && !(nodeflib && setup.default_dirs.iter().any(|d| cached.starts_with(d)))
+                && let Some(hit) = self.try_path(cached, Via::LdCache, trail)
+            {
+                return Some(hit);
+            }
+        }
+        if nodeflib {
+            return None;
+        }
+        let place = format!("the default dirs [{}]", join_dirs(&setup.default_dirs));
+        self.search(&setup.default_dirs, name, Via::DefaultDirs, place, trail)
+    }
+
+    /// Looks for `name` in each of `dirs`, trying each one's `glibc-hwcaps` subdirectories first.
+    fn search(
+        &mut self,
+        dirs: &[PathBuf],
+        name: &str,
+        via: Via,
+        place: String,
+        trail: &mut Trail,
+    ) -> Option<Hit> {
+        if dirs.iter().any(|d| d.is_relative()) {
+            self.report.note(format!(
+                "{place} has an entry relative to the current directory, so what it finds depends on where the program is started"
+            ));
+        }
+        trail.places.push(place);
+        for dir in dirs {
+            let subdirs = self
+                .setup
+                .hwcaps
+                .iter()
+                .map(|h| dir.join("glibc-hwcaps").join(h));
+            for subdir in subdirs.chain([dir.clone()]) {
+                if let Some(hit) = self.try_path(&subdir.join(name), via.clone(), trail) {
+                    return Some(hit);
+                }
+            }
+        }
+        None
+    }
+
+    fn try_path(&self, path: &Path, via: Via, trail: &mut Trail) -> Option<Hit> {
+        match self.candidate(path) {
+            Candidate::Missing => None,
+            Candidate::Skipped(why) => {
+                trail.skipped.push((path.to_path_buf(), why));
+                None
+            }
+            Candidate::Refused(why) => Some(Hit::Refused {
+                path: path.to_path_buf(),
+                why,
+            }),
+            Candidate::Usable(object) => Some(Hit::Found {
+                path: path.to_path_buf(),
+                object,
+                via,
+            }),
+        }
+    }
+
+    /// What the loader makes of the file at `path` (glibc's `open_verify` and the checks after
+    /// mapping a dependency).
+    fn candidate(&self, path: &Path) -> Candidate {
+        let object = match self.loader.objects.probe(path) {
+            Probe::Missing => return Candidate::Missing,
+            Probe::Invalid(why) => return Candidate::Refused(why),
+            Probe::Found(object) => object,
+        };
+        let setup = self.setup;
+        if object.class != setup.class {
+            return Candidate::Skipped(format!(
+                "wrong ELF class: {}",
+                kind_name(object.class, object.machine)
+            ));
+        }
+        if object.little_endian != setup.little_endian {
+            let order = if setup.little_endian { "little" } else { "big" };
+            return Candidate::Refused(format!("ELF file data encoding not {order}-endian").into());
+        }
+        if object.machine != setup.machine {
+            return Candidate::Skipped(format!(
+                "wrong machine: {}",
+                kind_name(object.class, object.machine)
+            ));
+        }
+        if !matches!(object.e_type, ET_DYN | ET_EXEC) {
+            return Candidate::Refused("only ET_DYN and ET_EXEC can be loaded".into());
+        }
+        if object.e_type == ET_EXEC {
+            return Candidate::Refused("cannot dynamically load executable".into());
+        }
+        if object.flags_1 & DF_1_PIE != 0 {
+            return Candidate::Refused(
+                "cannot dynamically load position-independent executable".into(),
+            );
+        }
+        Candidate::Usable(object)
+    }
+
+    /// `index`, the object that loaded it, and so on up to the program.
+    fn chain(&self, index: usize) -> Vec<usize> {
+        let mut chain = vec![index];
+        let mut at = index;
+        while let Some(up) = self.loaded[at].loaded_by {
+            chain.push(up);
+            at = up;
+        }
+        chain
+    }
+
+    /// The chain from the program down to `index`, as paths.
+    fn chain_paths(&self, index: usize) -> Vec<PathBuf> {
+        let mut chain: Vec<PathBuf> = self
+            .chain(index)
+            .into_iter()
+            .map(|i| self.loaded[i].path.clone())
+            .collect();
+        chain.reverse();
+        chain
+    }
+
+    fn tokens(&self, index: usize) -> Tokens<'_> {
+        Tokens {
+            origin: &self.loaded[index].origin,
+            lib: &self.setup.lib,
+            platform: &self.setup.platform,
+        }
+    }
+
+    fn problem(
+        &mut self,
+        kind: ProblemKind,
+        needer: usize,
+        library: &str,
+        message: String,
+    ) -> &mut Problem {
+        let mut problem = Problem::new(kind, message);
+        problem.chain = self.chain_paths(needer);
+        problem.library = Some(library.to_string());
+        self.report.add(problem);
+        self.report.problems.last_mut().expect("just added")
+    }
+
+    fn not_found(&mut self, needer: usize, name: &str, trail: &Trail) {
+        let who = &self.loaded[needer].shown;
+        let mut message = if name.contains('/') {
+            format!("{name} (needed by {who}) does not exist")
+        } else {
+            format!(
+                "{name} (needed by {who}) not found in {}",
+                join_places(&trail.places)
+            )
+        };
+        for (path, why) in trail.skipped.iter().take(3) {
+            message += &format!("; skipped {} ({why})", path.display());
+        }
+        let (hint, suggestion) = self.library_hint(needer, name);
+        message += &hint;
+        self.problem(ProblemKind::NotFound, needer, name, message)
+            .suggestion = suggestion;
+    }
+
+    fn refused(&mut self, needer: usize, name: &str, path: &Path, why: &str) {
+        let message = format!(
+            "{name} (needed by {}): the loader stops at {}: {why}",
+            self.loaded[needer].shown,
+            path.display()
+        );
+        self.problem(ProblemKind::Unloadable, needer, name, message);
+    }
+
+    /// Where a usable copy of `name` is, as message text and a suggestion.
+    fn library_hint(&self, needer: usize, name: &str) -> (String, Option<String>) {
+        let needer_entry = &self.loaded[needer];
+        let usable = |p: &PathBuf| matches!(self.candidate(p), Candidate::Usable(_));
+        if let Some(found) = self
+            .loader
+            .hints
+            .prefix_provides(name)
+            .into_iter()
+            .find(usable)
+        {
+            let canonical = std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
+            let dir = parent(&canonical);
+            let entry = relative_path(&needer_entry.origin, &dir)
+                .filter(|_| self.shown.relative(&canonical).is_some())
+                .map_or_else(|| dir.display().to_string(), |rel| origin_entry(&rel));
+            return (
+                format!(
+                    "; the prefix has it at {}",
+                    self.shown.path(&canonical, &found)
+                ),
+                Some(format!(
+                    "add {entry} to the run path of {}",
+                    needer_entry.shown
+                )),
+            );
+        }
+        let elsewhere: Vec<PathBuf> = self
+            .loader
+            .hints
+            .where_is(name, self.setup.machine, self.setup.class)
+            .into_iter()
+            .filter(usable)
+            .collect();
+        let Some(first) = elsewhere.first() else {
+            return (String::new(), None);
+        };
+        let dir = parent(first);
+        let more = match elsewhere.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        (
+            format!("; the store has it in {}{more}", dir.display()),
+            Some(format!(
+                "add {} to the run path of {}",
+                dir.display(),
+                needer_entry.shown
+            )),
+        )
+    }
+
+    /// Every version each loaded object needs must be defined by the object loaded under that
+    /// name. Weak requirements (`VER_FLG_WEAK`, which glibc only warns about) are treated as
+    /// required, since the version reader does not expose the flag; linkers emit them rarely.
+    fn check_versions(&mut self) {
+        for index in 0..self.loaded.len() {
+            if !self.loaded[index].queued {
+                continue;
+            }
+            let needs = self.loaded[index].object.version_needs.clone();
+            for (file, versions) in &needs {
+                match self.find_loaded(file) {
+                    None if self.unfound.contains(file) => {}
+                    None => {
+                        let message = format!(
+                            "{} needs versions of {file}, which nothing loads (ld.so stops on an assertion)",
+                            self.loaded[index].shown
+                        );
+                        self.problem(ProblemKind::Inconsistent, index, file, message);
+                    }
+                    Some(target) if !self.loaded[target].object.defines_versions() => {
+                        self.report.note(format!(
+                            "{} has no version information, though {} needs some",
+                            self.loaded[target].shown, self.loaded[index].shown
+                        ));
+                    }
+                    Some(target) => {
+                        for version in versions {
+                            if !self.loaded[target].object.version_defs.contains(version) {
+                                self.missing_version(index, target, file, version);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn missing_version(&mut self, needer: usize, target: usize, file: &str, version: &str) {
+        let found = &self.loaded[target];
+        let found_dir = self.shown_dir(found);
+        let has = match highest_of_family(&found.object.version_defs, version) {
+            Some(highest) => format!("has up to {highest}"),
+            None => "does not define it".to_string(),
+        };
+        let mut message = format!(
+            "{} needs {version}; the {file} it finds ({found_dir}) {has}",
+            self.loaded[needer].shown
+        );
+        let serving = self.version_provider(file, version);
+        if let Some(serving) = &serving {
+            message += &format!("; {serving} would serve");
+        }
+        let suggestion = serving.map(|s| {
+            format!(
+                "make {} find {s} before {found_dir}",
+                self.loaded[needer].shown
+            )
+        });
+        let problem = self.problem(ProblemKind::MissingVersion, needer, file, message);
+        problem.version = Some(version.to_string());
+        problem.suggestion = suggestion;
+    }
+
+    /// A copy of `file` that defines `version`, preferring the prefix's own.
+    fn version_provider(&self, file: &str, version: &str) -> Option<String> {
+        let serves = |p: &PathBuf| match self.candidate(p) {
+            Candidate::Usable(object) => object.version_defs.iter().any(|v| v == version),
+            _ => false,
+        };
+        let hints = self.loader.hints;
+        if let Some(own) = hints.prefix_provides(file).into_iter().find(serves) {
+            let canonical = std::fs::canonicalize(&own).unwrap_or_else(|_| own.clone());
+            return Some(format!(
+                "the prefix's own {}",
+                self.shown.path(&canonical, &own)
+            ));
+        }
+        hints
+            .where_is(file, self.setup.machine, self.setup.class)
+            .into_iter()
+            .find(serves)
+            .map(|p| p.display().to_string())
+    }
+
+    fn shown_dir(&self, entry: &Loaded) -> String {
+        let dir = parent(&entry.path);
+        let canonical = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        match self.shown.relative(&canonical) {
+            Some(rel) => rel.display().to_string(),
+            None => dir.display().to_string(),
+        }
+    }
+}
+
+/// The highest version of `defs` in the family of `wanted` (`GLIBCXX_3.4.30` for
+/// `GLIBCXX_3.4.31`): same text before the first digit, compared number by number.
+fn highest_of_family<'d>(defs: &'d [String], wanted: &str) -> Option<&'d str> {
+    let family = |v: &str| {
+        v.find(|c: char| c.is_ascii_digit())
+            .map(|at| v[..at].to_string())
+    };
+    let wanted_family = family(wanted)?;
+    defs.iter()
+        .filter(|d| family(d).as_deref() == Some(wanted_family.as_str()))
+        .max_by_key(|d| version_numbers(d))
+        .map(String::as_str)
+}
+
+fn version_numbers(version: &str) -> Vec<u64> {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+fn join_places(places: &[String]) -> String {
+    match places {
+        [] => "nowhere".into(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+fn join_dirs(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The directory of `path`, textually (as glibc computes `$ORIGIN`, without resolving `..`).
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if dir.as_os_str().is_empty() => PathBuf::from("."),
+        Some(dir) => dir.to_path_buf(),
+        None => path.to_path_buf(),
+    }
+}
+
+/// A relative path as the loader would open it: from the current directory.
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path))
+}
+
+/// `to` relative to `from`, both resolved, for a `$ORIGIN`-based run path entry.
+fn relative_path(from: &Path, to: &Path) -> Option<PathBuf> {
+    let from = std::fs::canonicalize(from).ok()?;
+    let to = std::fs::canonicalize(to).ok()?;
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let ups = from.components().skip(common).map(|_| Component::ParentDir);
+    Some(ups.chain(to.components().skip(common)).collect())
+}
+
+fn origin_entry(relative: &Path) -> String {
+    if relative.as_os_str().is_empty() {
+        "$ORIGIN".into()
+    } else {
+        format!("$ORIGIN/{}", OsStr::new(relative).to_string_lossy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_highest_version_of_a_family() {
+        let defs: Vec<String> = [
+            "libstdc++.so.6",
+            "GLIBCXX_3.4",
+            "GLIBCXX_3.4.9",
+            "GLIBCXX_3.4.30",
+            "CXXABI_1.3.13",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            highest_of_family(&defs, "GLIBCXX_3.4.31"),
+            Some("GLIBCXX_3.4.30")
+        );
+        assert_eq!(
+            highest_of_family(&defs, "CXXABI_1.3.15"),
+            Some("CXXABI_1.3.13")
+        );
+        assert_eq!(highest_of_family(&defs, "GLIBC_2.34"), None);
+        assert_eq!(highest_of_family(&defs, "GLIBC_PRIVATE"), None);
+    }
+
+    #[test]
+    fn joins_places_as_a_sentence() {
+        assert_eq!(join_places(&["a".into()]), "a");
+        assert_eq!(
+            join_places(&["a".into(), "b".into(), "c".into()]),
+            "a, b or c"
+        );
+    }
+
+    #[test]
+    fn origin_is_the_textual_parent() {
+        assert_eq!(
+            parent(Path::new("/a/b/../lib/x.so")),
+            Path::new("/a/b/../lib")
+        );
+        assert_eq!(parent(Path::new("x.so")), Path::new("."));
+    }
+
+    #[test]
+    fn relative_entries_climb_from_the_origin() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        let lib = tmp.path().join("lib");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&lib).unwrap();
+        let rel = relative_path(&bin, &lib).unwrap();
+        assert_eq!(origin_entry(&rel), "$ORIGIN/../lib");
+        assert_eq!(origin_entry(&relative_path(&lib, &lib).unwrap()), "$ORIGIN");
+    }
+}
