@@ -118,40 +118,70 @@ impl Prefix {
     }
 }
 
-/// The prefix a path belongs to: the nearest ancestor with `conda-meta/` or `pyvenv.cfg`, else
-/// the root it was found under.
-pub fn prefix_of(path: &Path, roots: &[PathBuf]) -> PathBuf {
-    let root = roots
-        .iter()
-        .filter(|r| path.starts_with(r))
-        .max_by_key(|r| r.as_os_str().len())
-        .cloned()
-        .unwrap_or_else(|| path.parent().unwrap_or(Path::new("/")).to_path_buf());
-    for dir in path.ancestors().skip(1) {
-        if dir.join("conda-meta").is_dir() || dir.join("pyvenv.cfg").is_file() {
-            return dir.to_path_buf();
-        }
-        if dir == root {
-            break;
-        }
-    }
-    if root.is_file() {
-        return root.parent().unwrap_or(Path::new("/")).to_path_buf();
-    }
-    root
+/// What the directories above the scanned files are, read once per directory: a scan of
+/// thousands of files in a few hundred directories asks the filesystem a few hundred times.
+pub struct DirFacts {
+    roots: Vec<PathBuf>,
+    /// Directory → (is an environment root, is an extracted package of a package cache).
+    dirs: HashMap<PathBuf, (bool, bool)>,
 }
 
-/// Whether a path lies in an extracted package of a conda package cache (`pkgs/<pkg>/`):
-/// such files are patched through the environments that link them, not on their own.
-fn in_package_cache(path: &Path) -> bool {
-    path.ancestors()
-        .skip(1)
-        .any(|dir| dir.join("info/index.json").is_file() && !dir.join("conda-meta").exists())
-}
+impl DirFacts {
+    pub fn new(roots: &[PathBuf], paths: impl Iterator<Item = PathBuf>) -> DirFacts {
+        let mut dirs = HashMap::new();
+        for path in paths {
+            for dir in path.ancestors().skip(1) {
+                if dirs.contains_key(dir) {
+                    break;
+                }
+                let env = dir.join("conda-meta").is_dir() || dir.join("pyvenv.cfg").is_file();
+                let package = !env && dir.join("info/index.json").is_file();
+                dirs.insert(dir.to_path_buf(), (env, package));
+            }
+        }
+        DirFacts {
+            roots: roots.to_vec(),
+            dirs,
+        }
+    }
 
-/// The name an inode is planned under: one inside an environment rather than a package cache.
-fn planning_name(inode: &Inode) -> Option<&PathBuf> {
-    inode.names.iter().find(|n| !in_package_cache(n))
+    /// The prefix a path belongs to: the nearest ancestor with `conda-meta/` or `pyvenv.cfg`,
+    /// else the root it was found under.
+    pub fn prefix_of(&self, path: &Path) -> PathBuf {
+        let root = self
+            .roots
+            .iter()
+            .filter(|r| path.starts_with(r))
+            .max_by_key(|r| r.as_os_str().len())
+            .cloned()
+            .unwrap_or_else(|| path.parent().unwrap_or(Path::new("/")).to_path_buf());
+        for dir in path.ancestors().skip(1) {
+            if self.dirs.get(dir).is_some_and(|d| d.0) {
+                return dir.to_path_buf();
+            }
+            if dir == root {
+                break;
+            }
+        }
+        if root == path {
+            return root.parent().unwrap_or(Path::new("/")).to_path_buf();
+        }
+        root
+    }
+
+    /// Whether a path lies in an extracted package of a conda package cache (`pkgs/<pkg>/`):
+    /// such files are patched through the environments that link them, not on their own.
+    fn in_package_cache(&self, path: &Path) -> bool {
+        path.ancestors()
+            .skip(1)
+            .any(|dir| self.dirs.get(dir).is_some_and(|d| d.1))
+    }
+
+    /// The name an inode is planned under: one inside an environment rather than a package
+    /// cache.
+    fn planning_name<'i>(&self, inode: &'i Inode) -> Option<&'i PathBuf> {
+        inode.names.iter().find(|n| !self.in_package_cache(n))
+    }
 }
 
 /// Plans every ELF inode the scan found.
@@ -168,18 +198,20 @@ pub fn plan(scan: &ScanResult, roots: &[PathBuf], settings: &Settings) -> Vec<Fi
         .filter_map(|(i, info)| info.as_ref().ok().map(|f| (i.id, f)))
         .collect();
 
+    let names = scan.elf_inodes.iter().flat_map(|i| i.names.iter().cloned());
+    let facts = DirFacts::new(roots, names.chain(scan.symlinks.iter().map(|(l, _)| l.clone())));
     let mut prefixes: BTreeMap<PathBuf, Prefix> = BTreeMap::new();
     let planned: Vec<Option<(PathBuf, PathBuf)>> = scan
         .elf_inodes
         .par_iter()
-        .map(|inode| planning_name(inode).map(|n| (n.clone(), prefix_of(n, roots))))
+        .map(|inode| facts.planning_name(inode).map(|n| (n.clone(), facts.prefix_of(n))))
         .collect();
     for (_, prefix) in planned.iter().flatten() {
         prefixes
             .entry(prefix.clone())
             .or_insert_with(|| Prefix::load(prefix.clone()));
     }
-    let libs = prefix_libraries(scan, &by_inode, &prefixes, roots);
+    let libs = prefix_libraries(scan, &by_inode, &prefixes, &facts);
     let depends = |owner: &str| -> Vec<String> {
         prefixes
             .values()
@@ -346,14 +378,14 @@ fn prefix_libraries(
     scan: &ScanResult,
     by_inode: &HashMap<InodeId, &FileInfo>,
     prefixes: &BTreeMap<PathBuf, Prefix>,
-    roots: &[PathBuf],
+    facts: &DirFacts,
 ) -> HashMap<PathBuf, PrefixLibs> {
     let mut libs: HashMap<PathBuf, PrefixLibs> = HashMap::new();
     let mut add = |name: &Path, info: &FileInfo, owner_path: &Path| {
         if info.e_type != ET_DYN {
             return;
         }
-        let root = prefix_of(name, roots);
+        let root = facts.prefix_of(name);
         let Some(prefix) = prefixes.get(&root) else {
             return;
         };
