@@ -12,14 +12,7 @@ use serde_json::Value;
 const SPECS: &[&str] = &["zstd", "tk"];
 
 fn real_env() -> Option<common::CondaEnv> {
-    let env = common::conda_env(SPECS);
-    if env.is_none() {
-        eprintln!(
-            "SKIPPED: needs the fixture channel (AUTOPATCH_FIXTURES, default ../shared/fixtures) \
-             and python3 with py-rattler (pip install py-rattler)"
-        );
-    }
-    env
+    common::conda_env_or_skip(SPECS)
 }
 
 fn record_of(prefix: &Path, name: &str) -> std::path::PathBuf {

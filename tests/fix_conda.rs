@@ -123,7 +123,9 @@ fn sha256_hex(path: &Path) -> String {
 #[test]
 fn fixed_conda_env_runs_in_a_nixos_like_root() {
     let root = common::require_nixroot();
-    let cached = common::require_conda_env(SPECS);
+    let Some(cached) = common::conda_env_or_skip(SPECS) else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let env = cached.fresh_copy(&work.path().join("root"));
     let cache = work.path().join("cache");
