@@ -93,6 +93,8 @@ pub struct Settings<'a> {
     pub store: Option<&'a StoreIndex>,
     pub preferences: &'a Preferences,
     pub ignore_missing: &'a GlobSet,
+    /// Rewrite setuid and setgid files too.
+    pub allow_setuid: bool,
 }
 
 /// A prefix: an environment whose files may reach each other through `$ORIGIN`.
@@ -319,7 +321,13 @@ fn plan_file(
     plan.new_run_path = resolution.run_path.clone();
     plan.resolution = Some(resolution);
     if plan.new_interpreter.is_some() || plan.new_run_path.is_some() {
-        plan.action = Action::Patch;
+        plan.action = if inode.mode & 0o6000 != 0 && !settings.allow_setuid {
+            Action::Error {
+                message: "setuid or setgid: left alone; pass --allow-setuid to patch it".into(),
+            }
+        } else {
+            Action::Patch
+        };
     }
     plan
 }

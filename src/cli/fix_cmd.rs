@@ -61,6 +61,9 @@ pub struct FixArgs {
     /// Parallel jobs (default: one per core).
     #[arg(short = 'j', long, env = "AUTOPATCH_JOBS")]
     pub jobs: Option<usize>,
+    /// Patch setuid and setgid files too (they are refused otherwise).
+    #[arg(long)]
+    pub allow_setuid: bool,
     /// Leave conda-meta records as they are.
     #[arg(long, env = "AUTOPATCH_NO_UPDATE_RECORDS")]
     pub no_update_records: bool,
@@ -227,6 +230,7 @@ pub fn run(args: &FixArgs) -> Result<bool> {
             store: settings.store.as_ref(),
             preferences: &settings.preferences,
             ignore_missing: &settings.ignore_missing,
+            allow_setuid: args.allow_setuid,
         },
     );
     let written = AtomicU64::new(0);

@@ -1,5 +1,6 @@
 //! The command line: parses arguments and hands each subcommand to the library.
 
+mod check_cmd;
 mod elf_cmd;
 mod fix_cmd;
 
@@ -22,6 +23,8 @@ enum Command {
     Elf(elf_cmd::ElfArgs),
     /// Patch every binary of conda or pip prefixes so it runs on NixOS.
     Fix(fix_cmd::FixArgs),
+    /// Tell, per file, what the dynamic loader will load from where, and what stops it.
+    Check(check_cmd::CheckArgs),
 }
 
 /// Runs the command line; exit 0 when everything succeeded, 1 when something failed, 2 on usage
@@ -32,6 +35,7 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Elf(args) => elf_cmd::run(args),
         Command::Fix(args) => fix_cmd::run(args),
+        Command::Check(args) => check_cmd::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -29,6 +29,8 @@ pub struct Inode {
     /// Total link count: more than `names.len()` means names outside the roots share it.
     pub nlink: u64,
     pub len: u64,
+    /// Permission bits, setuid and setgid included.
+    pub mode: u32,
 }
 
 /// What a scan found.
@@ -71,6 +73,7 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
                     names: Vec::new(),
                     nlink: meta.nlink(),
                     len: meta.len(),
+                    mode: meta.mode() & 0o7777,
                 });
                 inode.names.push(path);
             }
