@@ -7,6 +7,7 @@ pub mod cli;
 pub mod conda;
 pub mod config;
 pub mod elf;
+pub mod fix;
 pub mod pip;
 pub mod plan;
 pub mod resolve;

@@ -2,20 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::apply::{self, Patched};
 use crate::config::{self, ConfigFile};
-use crate::elf::{self, Edits, RunPathEdit};
-use crate::plan::{self, Action, FileInfo, FilePlan, Settings};
+use crate::fix::{self, FileResult, FixOptions, FixOutcome, Summary, discover_interpreter};
+use crate::plan::{Action, Settings};
 use crate::resolve;
-use crate::scan;
 use crate::store::{Preferences, StoreIndex};
 
 /// Options shared by every command that resolves libraries.
@@ -133,85 +129,18 @@ fn glob_set<'a>(globs: impl Iterator<Item = &'a String>) -> Result<GlobSet> {
     Ok(builder.build()?)
 }
 
-/// The interpreter to use when none is given: the toolchain's, the running system's, the one
-/// autopatch itself runs with, or the newest glibc of the store.
-fn discover_interpreter(store: Option<&StoreIndex>) -> Option<PathBuf> {
-    let from_bintools = std::env::var_os("NIX_BINTOOLS")
-        .and_then(|b| {
-            std::fs::read_to_string(Path::new(&b).join("nix-support/dynamic-linker")).ok()
-        })
-        .map(|s| PathBuf::from(s.trim()))
-        .filter(|p| !p.as_os_str().is_empty());
-    let interpreter_of = |p: &Path| {
-        FileInfo::read(p)
-            .ok()
-            .and_then(|i| i.interpreter)
-            .map(PathBuf::from)
-    };
-    let from_system = || interpreter_of(Path::new("/run/current-system/sw/bin/sh"));
-    let from_self = || {
-        std::env::current_exe()
-            .ok()
-            .filter(|exe| exe.starts_with("/nix/store"))
-            .and_then(|exe| interpreter_of(&exe))
-    };
-    let from_store = || store.and_then(|s| s.newest_glibc_interpreter(host_machine()));
-    from_bintools
-        .or_else(from_system)
-        .or_else(from_self)
-        .or_else(from_store)
-}
-
-fn host_machine() -> u16 {
-    match std::env::consts::ARCH {
-        "aarch64" => elf::EM_AARCH64,
-        "x86" => elf::EM_386,
-        "powerpc64" => elf::EM_PPC64,
-        "s390x" => elf::EM_S390,
-        "riscv64" => elf::EM_RISCV,
-        "arm" => elf::EM_ARM,
-        _ => elf::EM_X86_64,
-    }
-}
-
-/// The outcome for one file.
-#[derive(Debug, Serialize)]
-struct FileResult {
-    #[serde(flatten)]
-    plan: FilePlan,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    written: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip)]
-    patched: Option<Patched>,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct Summary {
-    scanned_entries: usize,
-    elf_files: usize,
-    patched: usize,
-    already_fine: usize,
-    skipped: usize,
-    unresolved: usize,
-    errors: usize,
-    bytes_written: u64,
-}
-
 #[derive(Debug, Serialize)]
 struct Report<'a> {
     dry_run: bool,
     interpreter: Option<&'a Path>,
     summary: &'a Summary,
-    unresolved: BTreeMap<String, Vec<PathBuf>>,
+    unresolved: &'a BTreeMap<String, Vec<PathBuf>>,
     files: &'a [FileResult],
 }
 
 pub fn run(args: &FixArgs) -> Result<bool> {
     let file_config = config::load()?;
-    let jobs = args.jobs.or(file_config.jobs);
-    if let Some(jobs) = jobs {
+    if let Some(jobs) = args.jobs.or(file_config.jobs) {
         rayon::ThreadPoolBuilder::new()
             .num_threads(jobs)
             .build_global()
@@ -221,63 +150,35 @@ pub fn run(args: &FixArgs) -> Result<bool> {
         !(args.no_update_records || file_config.no_update_records.unwrap_or(false));
     let settings = args.resolve.resolve(&file_config)?;
     let roots = absolute_roots(&args.paths)?;
-    let scanned = scan::scan(&roots);
-    let plans = plan::plan(
-        &scanned,
-        &roots,
-        &Settings {
+    let progress = ProgressSlot::default();
+    let options = FixOptions {
+        settings: Settings {
             interpreter: settings.interpreter.clone(),
             store: settings.store.as_ref(),
             preferences: &settings.preferences,
             ignore_missing: &settings.ignore_missing,
             allow_setuid: args.allow_setuid,
         },
-    );
-    let written = AtomicU64::new(0);
-    let progress = progress_bar(plans.iter().filter(|p| p.action == Action::Patch).count());
-    let mut results: Vec<FileResult> = plans
-        .into_par_iter()
-        .map(|plan| {
-            let result = execute(plan, args.dry_run, &written);
-            progress.inc(1);
-            result
-        })
-        .collect();
-    progress.finish_and_clear();
-    results.sort_by(|a, b| a.plan.path.cmp(&b.plan.path));
-    if update_records && !args.dry_run {
-        update_conda_records(&results)?;
-    }
-
-    let mut summary = summarize(&results);
-    summary.scanned_entries = scanned.entries;
-    summary.errors += scanned.errors.len();
-    summary.bytes_written = written.load(Ordering::Relaxed);
-    let unresolved = resolve::unresolved_summary(results.iter().filter_map(|r| {
-        r.plan
-            .resolution
-            .as_ref()
-            .map(|res| (r.plan.path.as_path(), res))
-    }));
+        dry_run: args.dry_run,
+        update_records,
+        on_planned: &|count| progress.start(count),
+        on_file_done: &|| progress.inc(),
+    };
+    let outcome = fix::fix(&roots, &options)?;
+    progress.finish();
     if args.json {
         let report = Report {
             dry_run: args.dry_run,
             interpreter: settings.interpreter.as_deref(),
-            summary: &summary,
-            unresolved: unresolved.clone(),
-            files: &results,
+            summary: &outcome.summary,
+            unresolved: &outcome.unresolved,
+            files: &outcome.files,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_human(
-            &results,
-            &summary,
-            &unresolved,
-            &scanned.errors,
-            args.dry_run,
-        );
+        print_human(&outcome, args.dry_run);
     }
-    Ok(summary.errors == 0 && unresolved.is_empty())
+    Ok(outcome.is_success())
 }
 
 fn absolute_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -291,113 +192,9 @@ fn absolute_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64) -> FileResult {
-    let untouched = |plan| FileResult {
-        plan,
-        written: None,
-        error: None,
-        patched: None,
-    };
-    if plan.action != Action::Patch || dry_run {
-        return untouched(plan);
-    }
-    let edits = Edits {
-        interpreter: plan
-            .new_interpreter
-            .as_ref()
-            .map(|i| i.clone().into_bytes()),
-        run_path: plan
-            .new_run_path
-            .as_ref()
-            .map(|r| RunPathEdit::Set(r.clone().into_bytes())),
-        ..Edits::default()
-    };
-    let want_hash = plan.prefix.join("conda-meta").is_dir();
-    match apply::patch_inode(&ordered_names(&plan), &edits, want_hash) {
-        Ok(patched) => {
-            if let Some(p) = &patched {
-                written.fetch_add(p.bytes_written, Ordering::Relaxed);
-                tracing::info!("patched {}", plan.path.display());
-            }
-            FileResult {
-                written: Some(patched.is_some()),
-                plan,
-                error: None,
-                patched,
-            }
-        }
-        Err(e) => FileResult {
-            plan,
-            written: Some(false),
-            error: Some(e.to_string()),
-            patched: None,
-        },
-    }
-}
-
-/// The planning name first: it is the one the rewrite reads.
-fn ordered_names(plan: &FilePlan) -> Vec<PathBuf> {
-    let mut names = vec![plan.path.clone()];
-    names.extend(plan.names.iter().filter(|n| **n != plan.path).cloned());
-    names
-}
-
-/// Writes the new hash and size of patched files into their prefixes' conda records. Symlink
-/// entries are left as the installer wrote them: the links themselves do not change.
-fn update_conda_records(results: &[FileResult]) -> Result<()> {
-    let mut by_prefix: BTreeMap<&Path, Vec<(String, &str, u64)>> = BTreeMap::new();
-    for r in results {
-        let Some(p) = &r.patched else { continue };
-        let Some(sha) = &p.sha256 else { continue };
-        for name in &p.names {
-            if let Ok(rel) = name.strip_prefix(&r.plan.prefix) {
-                by_prefix.entry(&r.plan.prefix).or_default().push((
-                    rel.to_string_lossy().into_owned(),
-                    sha,
-                    p.len,
-                ));
-            }
-        }
-    }
-    for (prefix, files) in by_prefix {
-        let refs: Vec<crate::conda::ChangedFile> =
-            files.iter().map(|(p, s, l)| (p.as_str(), *s, *l)).collect();
-        crate::conda::update_records(prefix, &refs)
-            .with_context(|| format!("{}: cannot update conda-meta records", prefix.display()))?;
-    }
-    Ok(())
-}
-
-fn summarize(results: &[FileResult]) -> Summary {
-    let mut s = Summary {
-        elf_files: results.len(),
-        ..Summary::default()
-    };
-    for r in results {
-        match (&r.plan.action, &r.error) {
-            (_, Some(_)) | (Action::Error { .. }, _) => s.errors += 1,
-            (Action::Patch, None) => s.patched += 1,
-            (Action::AlreadyFine, None) => s.already_fine += 1,
-            (Action::Skip { .. }, None) => s.skipped += 1,
-        }
-        if r.plan
-            .resolution
-            .as_ref()
-            .is_some_and(|res| res.unresolved().next().is_some())
-        {
-            s.unresolved += 1;
-        }
-    }
-    s
-}
-
-fn print_human(
-    results: &[FileResult],
-    summary: &Summary,
-    unresolved: &BTreeMap<String, Vec<PathBuf>>,
-    scan_errors: &[(PathBuf, String)],
-    dry_run: bool,
-) {
+fn print_human(outcome: &FixOutcome, dry_run: bool) {
+    let (results, summary) = (&outcome.files, &outcome.summary);
+    let (unresolved, scan_errors) = (&outcome.unresolved, &outcome.scan_errors);
     let verb = if dry_run { "would patch" } else { "patched" };
     for r in results
         .iter()
@@ -462,16 +259,36 @@ fn print_human(
     );
 }
 
-fn progress_bar(len: usize) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() || len < 50 {
-        return indicatif::ProgressBar::hidden();
+/// A progress bar on a terminal, created once the number of files to patch is known.
+#[derive(Default)]
+struct ProgressSlot(std::sync::OnceLock<indicatif::ProgressBar>);
+
+impl ProgressSlot {
+    fn start(&self, len: usize) {
+        use std::io::IsTerminal;
+        let bar = if !std::io::stderr().is_terminal() || len < 50 {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let bar = indicatif::ProgressBar::new(len as u64);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patching")
+            {
+                bar.set_style(style);
+            }
+            bar
+        };
+        let _ = self.0.set(bar);
     }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patching {wide_msg}")
-    {
-        bar.set_style(style);
+
+    fn inc(&self) {
+        if let Some(bar) = self.0.get() {
+            bar.inc(1);
+        }
     }
-    bar
+
+    fn finish(&self) {
+        if let Some(bar) = self.0.get() {
+            bar.finish_and_clear();
+        }
+    }
 }

@@ -1,0 +1,255 @@
+//! The main job: scan the given roots, plan every ELF file, and apply the plan in parallel,
+//! keeping conda's records true.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::apply::{self, Patched};
+use crate::elf::{self, Edits, RunPathEdit};
+use crate::plan::{self, Action, FileInfo, FilePlan, Settings};
+use crate::resolve;
+use crate::scan;
+use crate::store::StoreIndex;
+
+/// How to run a fix.
+pub struct FixOptions<'a> {
+    pub settings: Settings<'a>,
+    pub dry_run: bool,
+    pub update_records: bool,
+    /// Told how many files will be patched, once planning is done.
+    pub on_planned: &'a (dyn Fn(usize) + Sync),
+    /// Told each time a file is done.
+    pub on_file_done: &'a (dyn Fn() + Sync),
+}
+
+#[derive(Debug, Error)]
+pub enum FixError {
+    #[error("{0}: cannot update the conda-meta records: {1}")]
+    Records(PathBuf, crate::conda::CondaError),
+}
+
+/// What a fix did.
+#[derive(Debug)]
+pub struct FixOutcome {
+    pub files: Vec<FileResult>,
+    pub summary: Summary,
+    /// Sonames nothing provides, with the files that need them.
+    pub unresolved: BTreeMap<String, Vec<PathBuf>>,
+    /// Entries the scan could not read.
+    pub scan_errors: Vec<(PathBuf, String)>,
+}
+
+impl FixOutcome {
+    /// Everything resolved and written.
+    pub fn is_success(&self) -> bool {
+        self.summary.errors == 0 && self.unresolved.is_empty()
+    }
+}
+
+/// Scans `roots`, plans and applies.
+pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixError> {
+    let scanned = scan::scan(roots);
+    let plans = plan::plan(&scanned, roots, &options.settings);
+    (options.on_planned)(plans.iter().filter(|p| p.action == Action::Patch).count());
+    let written = AtomicU64::new(0);
+    let mut files: Vec<FileResult> = plans
+        .into_par_iter()
+        .map(|plan| {
+            let result = execute(plan, options.dry_run, &written);
+            (options.on_file_done)();
+            result
+        })
+        .collect();
+    files.sort_by(|a, b| a.plan.path.cmp(&b.plan.path));
+    if options.update_records && !options.dry_run {
+        update_conda_records(&files)?;
+    }
+    let mut summary = summarize(&files);
+    summary.scanned_entries = scanned.entries;
+    summary.errors += scanned.errors.len();
+    summary.bytes_written = written.load(Ordering::Relaxed);
+    let unresolved = resolve::unresolved_summary(files.iter().filter_map(|r| {
+        r.plan
+            .resolution
+            .as_ref()
+            .map(|res| (r.plan.path.as_path(), res))
+    }));
+    Ok(FixOutcome {
+        files,
+        summary,
+        unresolved,
+        scan_errors: scanned.errors,
+    })
+}
+
+/// The interpreter to use when none is given: the toolchain's, the running system's, the one
+/// autopatch itself runs with, or the newest glibc of the store.
+pub fn discover_interpreter(store: Option<&StoreIndex>) -> Option<PathBuf> {
+    let from_bintools = std::env::var_os("NIX_BINTOOLS")
+        .and_then(|b| {
+            std::fs::read_to_string(Path::new(&b).join("nix-support/dynamic-linker")).ok()
+        })
+        .map(|s| PathBuf::from(s.trim()))
+        .filter(|p| !p.as_os_str().is_empty());
+    let interpreter_of = |p: &Path| {
+        FileInfo::read(p)
+            .ok()
+            .and_then(|i| i.interpreter)
+            .map(PathBuf::from)
+    };
+    let from_system = || interpreter_of(Path::new("/run/current-system/sw/bin/sh"));
+    let from_self = || {
+        std::env::current_exe()
+            .ok()
+            .filter(|exe| exe.starts_with("/nix/store"))
+            .and_then(|exe| interpreter_of(&exe))
+    };
+    let from_store = || store.and_then(|s| s.newest_glibc_interpreter(host_machine()));
+    from_bintools
+        .or_else(from_system)
+        .or_else(from_self)
+        .or_else(from_store)
+}
+
+fn host_machine() -> u16 {
+    match std::env::consts::ARCH {
+        "aarch64" => elf::EM_AARCH64,
+        "x86" => elf::EM_386,
+        "powerpc64" => elf::EM_PPC64,
+        "s390x" => elf::EM_S390,
+        "riscv64" => elf::EM_RISCV,
+        "arm" => elf::EM_ARM,
+        _ => elf::EM_X86_64,
+    }
+}
+
+/// The outcome for one file.
+#[derive(Debug, Serialize)]
+pub struct FileResult {
+    #[serde(flatten)]
+    pub plan: FilePlan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub patched: Option<Patched>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub scanned_entries: usize,
+    pub elf_files: usize,
+    pub patched: usize,
+    pub already_fine: usize,
+    pub skipped: usize,
+    pub unresolved: usize,
+    pub errors: usize,
+    pub bytes_written: u64,
+}
+
+fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64) -> FileResult {
+    let untouched = |plan| FileResult {
+        plan,
+        written: None,
+        error: None,
+        patched: None,
+    };
+    if plan.action != Action::Patch || dry_run {
+        return untouched(plan);
+    }
+    let edits = Edits {
+        interpreter: plan
+            .new_interpreter
+            .as_ref()
+            .map(|i| i.clone().into_bytes()),
+        run_path: plan
+            .new_run_path
+            .as_ref()
+            .map(|r| RunPathEdit::Set(r.clone().into_bytes())),
+        ..Edits::default()
+    };
+    let want_hash = plan.prefix.join("conda-meta").is_dir();
+    match apply::patch_inode(&ordered_names(&plan), &edits, want_hash) {
+        Ok(patched) => {
+            if let Some(p) = &patched {
+                written.fetch_add(p.bytes_written, Ordering::Relaxed);
+                tracing::info!("patched {}", plan.path.display());
+            }
+            FileResult {
+                written: Some(patched.is_some()),
+                plan,
+                error: None,
+                patched,
+            }
+        }
+        Err(e) => FileResult {
+            plan,
+            written: Some(false),
+            error: Some(e.to_string()),
+            patched: None,
+        },
+    }
+}
+
+/// The planning name first: it is the one the rewrite reads.
+fn ordered_names(plan: &FilePlan) -> Vec<PathBuf> {
+    let mut names = vec![plan.path.clone()];
+    names.extend(plan.names.iter().filter(|n| **n != plan.path).cloned());
+    names
+}
+
+/// Writes the new hash and size of patched files into their prefixes' conda records. Symlink
+/// entries are left as the installer wrote them: the links themselves do not change.
+fn update_conda_records(results: &[FileResult]) -> Result<(), FixError> {
+    let mut by_prefix: BTreeMap<&Path, Vec<(String, &str, u64)>> = BTreeMap::new();
+    for r in results {
+        let Some(p) = &r.patched else { continue };
+        let Some(sha) = &p.sha256 else { continue };
+        for name in &p.names {
+            if let Ok(rel) = name.strip_prefix(&r.plan.prefix) {
+                by_prefix.entry(&r.plan.prefix).or_default().push((
+                    rel.to_string_lossy().into_owned(),
+                    sha,
+                    p.len,
+                ));
+            }
+        }
+    }
+    for (prefix, files) in by_prefix {
+        let refs: Vec<crate::conda::ChangedFile> =
+            files.iter().map(|(p, s, l)| (p.as_str(), *s, *l)).collect();
+        crate::conda::update_records(prefix, &refs)
+            .map_err(|e| FixError::Records(prefix.to_path_buf(), e))?;
+    }
+    Ok(())
+}
+
+fn summarize(results: &[FileResult]) -> Summary {
+    let mut s = Summary {
+        elf_files: results.len(),
+        ..Summary::default()
+    };
+    for r in results {
+        match (&r.plan.action, &r.error) {
+            (_, Some(_)) | (Action::Error { .. }, _) => s.errors += 1,
+            (Action::Patch, None) => s.patched += 1,
+            (Action::AlreadyFine, None) => s.already_fine += 1,
+            (Action::Skip { .. }, None) => s.skipped += 1,
+        }
+        if r.plan
+            .resolution
+            .as_ref()
+            .is_some_and(|res| res.unresolved().next().is_some())
+        {
+            s.unresolved += 1;
+        }
+    }
+    s
+}
+
