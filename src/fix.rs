@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::apply::{self, Patched};
 use crate::elf::{self, Edits, RunPathEdit};
-use crate::plan::{self, Action, FileInfo, FilePlan, Settings};
+use crate::plan::{self, Action, DirFacts, FileInfo, FilePlan, Settings};
 use crate::resolve;
 use crate::scan;
 use crate::store::StoreIndex;
@@ -29,6 +29,8 @@ pub struct FixOptions<'a> {
 
 #[derive(Debug, Error)]
 pub enum FixError {
+    #[error("{0}: cannot lock the directory against a concurrent run: {1}")]
+    Lock(PathBuf, std::io::Error),
     #[error("{0}: cannot update the conda-meta records: {1}")]
     Records(PathBuf, crate::conda::CondaError),
 }
@@ -54,7 +56,13 @@ impl FixOutcome {
 /// Scans `roots`, plans and applies.
 pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixError> {
     let scanned = scan::scan(roots);
-    let plans = plan::plan(&scanned, roots, &options.settings);
+    let facts = DirFacts::of_scan(roots, &scanned);
+    let _locks = if options.dry_run {
+        Vec::new()
+    } else {
+        lock_dirs(roots, &scanned, &facts)?
+    };
+    let plans = plan::plan(&scanned, &facts, &options.settings);
     (options.on_planned)(plans.iter().filter(|p| p.action == Action::Patch).count());
     let written = AtomicU64::new(0);
     let mut files: Vec<FileResult> = plans
@@ -85,6 +93,37 @@ pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixErr
         unresolved,
         scan_errors: scanned.errors,
     })
+}
+
+/// Takes an exclusive lock on every root and environment, in a fixed order, so that two runs
+/// (or a run and the watcher) on one prefix take turns. The kernel drops the locks when the
+/// holder dies.
+fn lock_dirs(
+    roots: &[PathBuf],
+    scanned: &scan::ScanResult,
+    facts: &DirFacts,
+) -> Result<Vec<std::fs::File>, FixError> {
+    let root_dirs = roots.iter().map(|r| {
+        if r.is_dir() {
+            r.clone()
+        } else {
+            r.parent().unwrap_or(Path::new("/")).to_path_buf()
+        }
+    });
+    let prefixes = scanned
+        .elf_inodes
+        .iter()
+        .flat_map(|i| &i.names)
+        .map(|n| facts.prefix_of(n));
+    let dirs: std::collections::BTreeSet<PathBuf> = root_dirs.chain(prefixes).collect();
+    dirs.into_iter()
+        .filter(|d| d.is_dir())
+        .map(|dir| {
+            let file = std::fs::File::open(&dir).map_err(|e| FixError::Lock(dir.clone(), e))?;
+            file.lock().map_err(|e| FixError::Lock(dir.clone(), e))?;
+            Ok(file)
+        })
+        .collect()
 }
 
 /// The interpreter to use when none is given: the toolchain's, the running system's, the one

@@ -129,7 +129,13 @@ pub struct DirFacts {
 }
 
 impl DirFacts {
-    pub fn new(roots: &[PathBuf], paths: impl Iterator<Item = PathBuf>) -> DirFacts {
+    /// Facts about the directories above every file and symlink `scan` found under `roots`.
+    pub fn of_scan(roots: &[PathBuf], scan: &ScanResult) -> DirFacts {
+        let names = scan.elf_inodes.iter().flat_map(|i| i.names.iter().cloned());
+        DirFacts::new(roots, names.chain(scan.symlinks.iter().map(|(l, _)| l.clone())))
+    }
+
+    fn new(roots: &[PathBuf], paths: impl Iterator<Item = PathBuf>) -> DirFacts {
         let mut dirs = HashMap::new();
         for path in paths {
             for dir in path.ancestors().skip(1) {
@@ -187,7 +193,7 @@ impl DirFacts {
 }
 
 /// Plans every ELF inode the scan found.
-pub fn plan(scan: &ScanResult, roots: &[PathBuf], settings: &Settings) -> Vec<FilePlan> {
+pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<FilePlan> {
     let infos: Vec<Result<FileInfo, String>> = scan
         .elf_inodes
         .par_iter()
@@ -200,8 +206,6 @@ pub fn plan(scan: &ScanResult, roots: &[PathBuf], settings: &Settings) -> Vec<Fi
         .filter_map(|(i, info)| info.as_ref().ok().map(|f| (i.id, f)))
         .collect();
 
-    let names = scan.elf_inodes.iter().flat_map(|i| i.names.iter().cloned());
-    let facts = DirFacts::new(roots, names.chain(scan.symlinks.iter().map(|(l, _)| l.clone())));
     let mut prefixes: BTreeMap<PathBuf, Prefix> = BTreeMap::new();
     let planned: Vec<Option<(PathBuf, PathBuf)>> = scan
         .elf_inodes
@@ -213,7 +217,7 @@ pub fn plan(scan: &ScanResult, roots: &[PathBuf], settings: &Settings) -> Vec<Fi
             .entry(prefix.clone())
             .or_insert_with(|| Prefix::load(prefix.clone()));
     }
-    let libs = prefix_libraries(scan, &by_inode, &prefixes, &facts);
+    let libs = prefix_libraries(scan, &by_inode, &prefixes, facts);
     let depends = |owner: &str| -> Vec<String> {
         prefixes
             .values()
