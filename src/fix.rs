@@ -31,6 +31,8 @@ pub struct FixOptions<'a> {
 pub enum FixError {
     #[error("{0}: cannot lock the directory against a concurrent run: {1}")]
     Lock(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Flush(#[from] apply::ApplyError),
     #[error("{0}: cannot update the conda-meta records: {1}")]
     Records(PathBuf, crate::conda::CondaError),
 }
@@ -74,6 +76,9 @@ pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixErr
         })
         .collect();
     files.sort_by(|a, b| a.plan.path.cmp(&b.plan.path));
+    if files.iter().any(|f| f.patched.is_some()) {
+        apply::sync_filesystems(roots_as_dirs(roots).as_slice())?;
+    }
     if options.update_records && !options.dry_run {
         update_conda_records(&files)?;
     }
@@ -95,6 +100,20 @@ pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixErr
     })
 }
 
+/// The roots, with a file root standing for its directory.
+fn roots_as_dirs(roots: &[PathBuf]) -> Vec<PathBuf> {
+    roots
+        .iter()
+        .map(|r| {
+            if r.is_dir() {
+                r.clone()
+            } else {
+                r.parent().unwrap_or(Path::new("/")).to_path_buf()
+            }
+        })
+        .collect()
+}
+
 /// Takes an exclusive lock on every root and environment, in a fixed order, so that two runs
 /// (or a run and the watcher) on one prefix take turns. The kernel drops the locks when the
 /// holder dies.
@@ -103,13 +122,7 @@ fn lock_dirs(
     scanned: &scan::ScanResult,
     facts: &DirFacts,
 ) -> Result<Vec<std::fs::File>, FixError> {
-    let root_dirs = roots.iter().map(|r| {
-        if r.is_dir() {
-            r.clone()
-        } else {
-            r.parent().unwrap_or(Path::new("/")).to_path_buf()
-        }
-    });
+    let root_dirs = roots_as_dirs(roots).into_iter();
     let prefixes = scanned
         .elf_inodes
         .iter()
