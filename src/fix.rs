@@ -10,10 +10,11 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::apply::{self, Patched};
+use crate::check::{DirHints, Loader, LoaderConfig, Problem};
 use crate::elf::{self, Edits, RunPathEdit};
 use crate::plan::{self, Action, DirFacts, FileInfo, FilePlan, Settings};
 use crate::resolve;
-use crate::scan;
+use crate::scan::{self, ScanResult};
 use crate::store::StoreIndex;
 
 /// How to run a fix.
@@ -21,6 +22,8 @@ pub struct FixOptions<'a> {
     pub settings: Settings<'a>,
     pub dry_run: bool,
     pub update_records: bool,
+    /// Check with the loader simulation that what was patched loads.
+    pub verify: bool,
     /// Told how many files will be patched, once planning is done.
     pub on_planned: &'a (dyn Fn(usize) + Sync),
     /// Told each time a file is done.
@@ -51,13 +54,22 @@ pub struct FixOutcome {
 impl FixOutcome {
     /// Everything resolved and written.
     pub fn is_success(&self) -> bool {
-        self.summary.errors == 0 && self.unresolved.is_empty()
+        self.summary.errors == 0 && self.summary.not_loading == 0 && self.unresolved.is_empty()
     }
 }
 
 /// Scans `roots`, plans and applies.
 pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixError> {
-    let scanned = scan::scan(roots);
+    fix_scanned(scan::scan(roots), roots, options)
+}
+
+/// [`fix`] over a scan of `roots` that the caller made, and may have narrowed: the watcher
+/// leaves out files that are still being written.
+pub fn fix_scanned(
+    scanned: ScanResult,
+    roots: &[PathBuf],
+    options: &FixOptions,
+) -> Result<FixOutcome, FixError> {
     let facts = DirFacts::of_scan(roots, &scanned);
     let _locks = if options.dry_run {
         Vec::new()
@@ -82,6 +94,9 @@ pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixErr
     if options.update_records && !options.dry_run {
         update_conda_records(&files)?;
     }
+    if options.verify && !options.dry_run {
+        verify(&mut files, &options.settings);
+    }
     let mut summary = summarize(&files);
     summary.scanned_entries = scanned.entries;
     summary.errors += scanned.errors.len();
@@ -98,6 +113,36 @@ pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixErr
         unresolved,
         scan_errors: scanned.errors,
     })
+}
+
+/// Runs the loader simulation on every file that was written, as the given interpreter would
+/// load it.
+fn verify(files: &mut [FileResult], settings: &Settings) {
+    let store_dir = settings.store.map_or_else(
+        || PathBuf::from("/nix/store"),
+        |s| s.store_dir().to_path_buf(),
+    );
+    let prefixes: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| f.patched.is_some())
+        .map(|f| f.plan.prefix.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let hints = DirHints::new(Some(store_dir.clone()), prefixes);
+    let loader = Loader::new(LoaderConfig {
+        interpreter: settings.interpreter.clone(),
+        store_dir,
+        ..LoaderConfig::default()
+    })
+    .with_hints(&hints);
+    files
+        .par_iter_mut()
+        .filter(|f| f.patched.is_some())
+        .for_each(|f| {
+            let report = loader.check_file_in(&f.plan.path, &f.plan.prefix);
+            f.load_problems = report.problems;
+        });
 }
 
 /// The roots, with a file root standing for its directory.
@@ -191,6 +236,9 @@ pub struct FileResult {
     pub error: Option<String>,
     #[serde(skip)]
     pub patched: Option<Patched>,
+    /// What the loader simulation found wrong with the patched file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub load_problems: Vec<Problem>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -201,6 +249,8 @@ pub struct Summary {
     pub already_fine: usize,
     pub skipped: usize,
     pub unresolved: usize,
+    /// Patched files the loader simulation says will not load.
+    pub not_loading: usize,
     pub errors: usize,
     pub bytes_written: u64,
 }
@@ -211,6 +261,7 @@ fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64) -> FileResult {
         written: None,
         error: None,
         patched: None,
+        load_problems: Vec::new(),
     };
     if plan.action != Action::Patch || dry_run {
         return untouched(plan);
@@ -238,6 +289,7 @@ fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64) -> FileResult {
                 plan,
                 error: None,
                 patched,
+                load_problems: Vec::new(),
             }
         }
         Err(e) => FileResult {
@@ -245,6 +297,7 @@ fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64) -> FileResult {
             written: Some(false),
             error: Some(e.to_string()),
             patched: None,
+            load_problems: Vec::new(),
         },
     }
 }
@@ -301,7 +354,9 @@ fn summarize(results: &[FileResult]) -> Summary {
         {
             s.unresolved += 1;
         }
+        if !r.load_problems.is_empty() {
+            s.not_loading += 1;
+        }
     }
     s
 }
-

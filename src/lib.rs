@@ -13,3 +13,4 @@ pub mod plan;
 pub mod resolve;
 pub mod scan;
 pub mod store;
+pub mod watch;

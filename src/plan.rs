@@ -132,7 +132,10 @@ impl DirFacts {
     /// Facts about the directories above every file and symlink `scan` found under `roots`.
     pub fn of_scan(roots: &[PathBuf], scan: &ScanResult) -> DirFacts {
         let names = scan.elf_inodes.iter().flat_map(|i| i.names.iter().cloned());
-        DirFacts::new(roots, names.chain(scan.symlinks.iter().map(|(l, _)| l.clone())))
+        DirFacts::new(
+            roots,
+            names.chain(scan.symlinks.iter().map(|(l, _)| l.clone())),
+        )
     }
 
     fn new(roots: &[PathBuf], paths: impl Iterator<Item = PathBuf>) -> DirFacts {
@@ -210,7 +213,11 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
     let planned: Vec<Option<(PathBuf, PathBuf)>> = scan
         .elf_inodes
         .par_iter()
-        .map(|inode| facts.planning_name(inode).map(|n| (n.clone(), facts.prefix_of(n))))
+        .map(|inode| {
+            facts
+                .planning_name(inode)
+                .map(|n| (n.clone(), facts.prefix_of(n)))
+        })
         .collect();
     for (_, prefix) in planned.iter().flatten() {
         prefixes
@@ -434,5 +441,57 @@ fn prefix_libraries(
             add(link, info, link);
         }
     }
+    for (root, prefix) in prefixes {
+        if !facts.roots.iter().any(|r| root.starts_with(r)) {
+            add_rest_of_prefix(root, prefix, &mut libs);
+        }
+    }
     libs
+}
+
+/// A prefix given only in part (single files, a subdirectory) still provides all its
+/// libraries: the rest of it is read for them, without nested environments or package caches.
+fn add_rest_of_prefix(root: &Path, prefix: &Prefix, libs: &mut HashMap<PathBuf, PrefixLibs>) {
+    let rest = crate::scan::scan(std::slice::from_ref(&root.to_path_buf()));
+    let rest_facts = DirFacts::of_scan(std::slice::from_ref(&root.to_path_buf()), &rest);
+    let infos: HashMap<InodeId, FileInfo> = rest
+        .elf_inodes
+        .par_iter()
+        .filter_map(|i| Some((i.id, FileInfo::read(&i.names[0]).ok()?)))
+        .filter(|(_, info)| info.e_type == ET_DYN)
+        .collect();
+    let own =
+        |name: &Path| rest_facts.prefix_of(name) == root && !rest_facts.in_package_cache(name);
+    let mut found: Vec<(&Path, &FileInfo)> = Vec::new();
+    for inode in &rest.elf_inodes {
+        if let Some(info) = infos.get(&inode.id) {
+            found.extend(inode.names.iter().map(|n| (n.as_path(), info)));
+        }
+    }
+    for (link, target) in &rest.symlinks {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata(target)
+            && let Some(info) = infos.get(&InodeId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            })
+        {
+            found.push((link.as_path(), info));
+        }
+    }
+    let entry = libs
+        .entry(root.to_path_buf())
+        .or_insert_with(|| PrefixLibs::new(root.to_path_buf()));
+    for (name, info) in found.into_iter().filter(|(n, _)| own(n)) {
+        let (Some(dir), Some(file_name)) = (name.parent(), name.file_name()) else {
+            continue;
+        };
+        let lib = PrefixLib {
+            dir: dir.to_path_buf(),
+            machine: info.machine,
+            class: info.class,
+            owner: prefix.owner_of(name),
+        };
+        entry.add(file_name.to_string_lossy().into_owned(), lib);
+    }
 }

@@ -19,6 +19,10 @@ struct RealVerdict {
     ok: bool,
     /// `name => path` lines.
     libs: Vec<(String, PathBuf)>,
+    /// Lines naming only a path: the loader itself, and libraries needed by path.
+    paths: Vec<PathBuf>,
+    /// Whether it listed the libraries at all: a refused file stops it before.
+    listed: bool,
     output: String,
 }
 
@@ -43,6 +47,7 @@ fn real_loader(file: &Path, env: &[(&str, &str)]) -> RealVerdict {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let mut libs = Vec::new();
+    let mut paths = Vec::new();
     let mut missing = false;
     for line in stdout.lines() {
         if let Some((name, rest)) = line.trim().split_once(" => ") {
@@ -52,14 +57,23 @@ fn real_loader(file: &Path, env: &[(&str, &str)]) -> RealVerdict {
                 let path = rest.split(" (0x").next().unwrap_or(rest).trim();
                 libs.push((name.to_string(), PathBuf::from(path)));
             }
+        } else if let Some(path) = line
+            .trim()
+            .split(" (0x")
+            .next()
+            .filter(|p| p.starts_with('/'))
+        {
+            paths.push(PathBuf::from(path));
         }
     }
-    let failed = stderr.contains("version `")
-        || stderr.contains("error while loading")
-        || stdout.contains("not a dynamic executable");
+    let aborted = stderr.contains("error while loading");
+    let failed =
+        stderr.contains("version `") || aborted || stdout.contains("not a dynamic executable");
     RealVerdict {
         ok: out.status.success() && !missing && !failed,
         libs,
+        paths,
+        listed: !aborted,
         output: format!("--- stdout\n{stdout}--- stderr\n{stderr}"),
     }
 }
@@ -127,8 +141,8 @@ fn loader() -> Loader<'static> {
     })
 }
 
-/// Asserts that the simulation and the real loader agree on `file`: the verdict, and the path of
-/// every library both resolved.
+/// Asserts that the simulation and the real loader agree on `file`: the verdict, and (when the
+/// real loader got as far as listing them) where every library resolved.
 fn assert_agrees(report: &FileReport, real: &RealVerdict) {
     assert_eq!(
         report.ok,
@@ -137,8 +151,20 @@ fn assert_agrees(report: &FileReport, real: &RealVerdict) {
         report.path.display(),
         real.output
     );
+    if !real.listed {
+        return;
+    }
     for resolved in &report.resolved {
         if resolved.via == Via::Interpreter {
+            continue;
+        }
+        if resolved.via == Via::Path {
+            assert!(
+                real.paths.contains(&resolved.path),
+                "{} is not listed by the real loader:\n{}",
+                resolved.path.display(),
+                real.output
+            );
             continue;
         }
         assert_eq!(
@@ -521,7 +547,8 @@ fn a_file_the_loader_refuses_stops_the_search() {
     // A linker script where the library should be: glibc gives up rather than search on.
     write(
         &lib.join("liba.so"),
-        "/* GNU ld script */\nINPUT(liba.so.1)\n",
+        "/* GNU ld script\n   Use the shared library, but some functions are only in\n   \
+         the static library.  */\nGROUP ( liba.so.1 )\n",
     );
     let report = loader().check_file_in(&exe, tmp.path());
     assert!(!report.ok);
@@ -601,38 +628,313 @@ fn walking_a_prefix_checks_only_dynamic_elf_files() {
     assert_eq!(reports.iter().filter(|r| r.ok).count(), 2, "{reports:#?}");
 }
 
-/// Every dynamically linked file in /usr/bin, checked as the distribution's loader would run it,
-/// must get the real loader's verdict and the same library paths.
-#[test]
-fn agrees_with_the_host_loader_on_every_program_in_usr_bin() {
-    if !host_loader_available() {
-        eprintln!("SKIPPED: no {HOST_LD}");
-        return;
-    }
-    let reports = loader().check_paths(&[PathBuf::from("/usr/bin")]);
+/// Checks every dynamically linked file under `dir` as the distribution's loader would load it
+/// (with `LD_LIBRARY_PATH` set to `library_path` if given) and compares with the real loader;
+/// returns (files compared, not ok, disagreeing files).
+fn differential(dir: &Path, library_path: Option<&Path>) -> (usize, usize, Vec<String>) {
+    let config = LoaderConfig {
+        env_ld_library_path: library_path.map(|p| vec![p.to_path_buf()]),
+        default_dirs: DefaultDirs::Distribution,
+        ..LoaderConfig::default()
+    };
+    let env: Vec<(&str, &str)> = library_path
+        .map(|p| ("LD_LIBRARY_PATH", p.to_str().unwrap()))
+        .into_iter()
+        .collect();
+    let reports = Loader::new(config).check_paths(&[dir.to_path_buf()]);
+    // Only what the host's 64-bit loader can run.
     let x86_64: Vec<&FileReport> = reports
         .iter()
-        .filter(|r| r.interpreter.as_deref() == Some(Path::new(HOST_LD)))
+        .filter(|r| {
+            r.interpreter.as_deref() == Some(Path::new(HOST_LD))
+                && !r
+                    .problems
+                    .iter()
+                    .any(|p| p.kind == ProblemKind::Interpreter)
+        })
         .collect();
-    let disagreements: Vec<String> = x86_64
+    let disagreements = x86_64
         .par_iter()
         .filter_map(|report| {
             let canonical = report.path.canonicalize().ok()?;
-            let real = real_loader(&canonical, &[]);
+            let real = real_loader(&canonical, &env);
             std::panic::catch_unwind(|| assert_agrees(report, &real))
                 .err()
                 .map(|_| report.path.display().to_string())
         })
         .collect();
     let failing = x86_64.iter().filter(|r| !r.ok).count();
+    (x86_64.len(), failing, disagreements)
+}
+
+/// Every dynamically linked program in /usr/bin must get the real loader's verdict and the same
+/// library paths.
+#[test]
+fn agrees_with_the_host_loader_on_every_program_in_usr_bin() {
+    if !host_loader_available() {
+        eprintln!("SKIPPED: no {HOST_LD}");
+        return;
+    }
+    let (checked, failing, disagreements) = differential(Path::new("/usr/bin"), None);
     eprintln!(
-        "differential: {} files in /usr/bin checked against {HOST_LD} ({failing} not ok), {} disagreements",
-        x86_64.len(),
+        "differential: {checked} files in /usr/bin checked against {HOST_LD} ({failing} not ok), {} disagreements",
         disagreements.len()
     );
-    assert!(!x86_64.is_empty());
+    assert!(checked > 0);
     assert!(
         disagreements.is_empty(),
         "disagreements: {disagreements:#?}"
     );
+}
+
+/// The same for the distribution's shared libraries, plugins included: those whose dependencies
+/// only their loading program's run path provides fail here as in `ld.so --list`.
+#[test]
+fn agrees_with_the_host_loader_on_the_system_libraries() {
+    let dir = Path::new("/usr/lib/x86_64-linux-gnu");
+    if !host_loader_available() || !dir.is_dir() {
+        eprintln!("SKIPPED: no {HOST_LD} or {}", dir.display());
+        return;
+    }
+    let (checked, failing, disagreements) = differential(dir, None);
+    eprintln!(
+        "differential: {checked} files in {} checked against {HOST_LD} ({failing} not ok), {} disagreements",
+        dir.display(),
+        disagreements.len()
+    );
+    assert!(checked > 0);
+    assert!(
+        disagreements.is_empty(),
+        "disagreements: {disagreements:#?}"
+    );
+}
+
+/// /usr/bin again, with `LD_LIBRARY_PATH` shadowing system libraries by bad copies: a libz.so.1
+/// defining too old a version, a 32-bit libm.so.6 (passed over), a libpcre2-8.so.0 without
+/// version information (accepted), and a linker script as libselinux.so.1 (fatal).
+#[test]
+fn agrees_with_the_host_loader_when_bad_copies_shadow_system_libraries() {
+    if !require_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let shadow = tmp.path().join("shadow");
+    let old_zlib = write(
+        &tmp.path().join("zlib.map"),
+        "ZLIB_1.2.0 { global: zlibVersion; local: *; };\n",
+    );
+    shared_lib(
+        &shadow.join("libz.so.1"),
+        "const char *zlibVersion(void) { return \"1.2.0\"; }\n",
+        &[&format!("-Wl,--version-script={}", old_zlib.display())],
+    );
+    shared_lib(
+        &shadow.join("libpcre2-8.so.0"),
+        "int pcre2_config_8(void) { return 0; }\n",
+        &[],
+    );
+    write(
+        &shadow.join("libselinux.so.1"),
+        "/* GNU ld script\n   Use the shared library, but some functions are only in\n   \
+         the static library.  */\nGROUP ( libselinux.so.1.0 )\n",
+    );
+    let with_32bit = build_32bit_lib(&shadow.join("libm.so.6"));
+    let (checked, failing, disagreements) = differential(Path::new("/usr/bin"), Some(&shadow));
+    eprintln!(
+        "differential: {checked} files in /usr/bin with shadowing LD_LIBRARY_PATH \
+         (32-bit libm: {with_32bit}) ({failing} not ok), {} disagreements",
+        disagreements.len()
+    );
+    assert!(
+        failing > 0,
+        "the shadowing libraries should break some programs"
+    );
+    assert!(
+        disagreements.is_empty(),
+        "disagreements: {disagreements:#?}"
+    );
+}
+
+/// Rewrites `file` in place with `edits`, using the crate's own ELF editor.
+fn edit(file: &Path, edits: &autopatch::elf::Edits) {
+    let input = fs::read(file).unwrap();
+    let elf = autopatch::elf::Elf::parse(&input).unwrap();
+    let rewrite = autopatch::elf::plan(&elf, edits)
+        .unwrap()
+        .expect("a change");
+    fs::write(file, rewrite.apply(&input)).unwrap();
+}
+
+#[test]
+fn a_needed_path_with_tokens_is_opened_without_searching() {
+    if !require_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    shared_lib(&lib.join("liba.so"), "int a(void) { return 1; }\n", &[]);
+    let exe = tmp.path().join("bin/prog");
+    executable(
+        &exe,
+        "int a(void);\nint main(void) { return a() - 1; }\n",
+        &["-L", lib.to_str().unwrap(), "-la"],
+    );
+    edit(
+        &exe,
+        &autopatch::elf::Edits {
+            replace_needed: vec![(b"liba.so".to_vec(), b"$ORIGIN/../lib/liba.so".to_vec())],
+            ..Default::default()
+        },
+    );
+    let report = loader().check_file_in(&exe, tmp.path());
+    assert!(report.ok, "{report:#?}");
+    let resolved = &report.resolved[0];
+    assert_eq!(resolved.via, Via::Path);
+    assert_agrees(&report, &real_loader(&exe.canonicalize().unwrap(), &[]));
+
+    fs::remove_file(lib.join("liba.so")).unwrap();
+    let report = loader().check_file_in(&exe, tmp.path());
+    assert!(
+        report.problems[0]
+            .message
+            .ends_with("(needed by bin/prog) does not exist")
+    );
+    assert_agrees(&report, &real_loader(&exe.canonicalize().unwrap(), &[]));
+}
+
+/// `$LIB` is what the host's glibc build says (`lib/x86_64-linux-gnu` on Debian, `lib64` on
+/// Fedora); both candidates exist, and the simulation must pick the real loader's.
+#[test]
+fn the_lib_token_expands_as_the_distributions_glibc_does() {
+    if !require_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in ["lib/x86_64-linux-gnu", "lib64", "lib"] {
+        shared_lib(
+            &tmp.path().join(dir).join("liba.so"),
+            "int a(void) { return 1; }\n",
+            &[],
+        );
+    }
+    let exe = tmp.path().join("bin/prog");
+    executable(
+        &exe,
+        "int a(void);\nint main(void) { return a() - 1; }\n",
+        &[
+            "-L",
+            tmp.path().join("lib").to_str().unwrap(),
+            "-la",
+            "-Wl,-rpath,$ORIGIN/../$LIB",
+        ],
+    );
+    let report = loader().check_file_in(&exe, tmp.path());
+    assert!(report.ok, "{report:#?}");
+    assert_agrees(&report, &real_loader(&exe.canonicalize().unwrap(), &[]));
+}
+
+#[test]
+fn an_empty_run_path_entry_searches_the_current_directory_and_is_noted() {
+    if !require_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    liba_libb(tmp.path());
+    let exe = exe_linking_b(tmp.path(), "prog", "$ORIGIN/../lib::/nonexistent", false);
+    let report = loader().check_file_in(&exe, tmp.path());
+    assert!(report.ok, "{report:#?}");
+    assert!(
+        report.notes.iter().any(|n| n.starts_with(
+            "RPATH [$ORIGIN/../lib::/nonexistent] has an entry relative to the current directory"
+        )),
+        "{:#?}",
+        report.notes
+    );
+    assert_agrees(&report, &real_loader(&exe.canonicalize().unwrap(), &[]));
+}
+
+#[test]
+fn the_interpreter_must_exist_and_fit_the_file() {
+    if !require_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("bin/prog");
+    executable(
+        &exe,
+        "int main(void) { return 0; }\n",
+        &["-Wl,--dynamic-linker=/nonexistent/ld-linux-x86-64.so.2"],
+    );
+    let report = loader().check_file_in(&exe, tmp.path());
+    assert!(!report.ok);
+    assert_eq!(report.problems[0].kind, ProblemKind::Interpreter);
+    assert_eq!(
+        report.problems[0].message,
+        "interpreter /nonexistent/ld-linux-x86-64.so.2 does not exist"
+    );
+
+    let lib32 = tmp.path().join("lib32/liba.so");
+    fs::create_dir_all(lib32.parent().unwrap()).unwrap();
+    if build_32bit_lib(&lib32) {
+        let report = Loader::new(LoaderConfig {
+            interpreter: Some(lib32.clone()),
+            ..LoaderConfig::default()
+        })
+        .check_file(&exe);
+        assert_eq!(
+            report.problems[0].message,
+            format!(
+                "interpreter {} is ELFCLASS32 i386, the file is ELFCLASS64 x86_64",
+                lib32.display()
+            )
+        );
+    }
+}
+
+/// An interpreter inside the store makes the default directories its own directory only: no
+/// ld.so cache, no system directories.
+#[test]
+fn an_interpreter_in_the_store_searches_only_its_own_directory() {
+    if !require_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let glibc = store.join("abc-glibc/lib");
+    fs::create_dir_all(&glibc).unwrap();
+    let ld = glibc.join("ld-linux-x86-64.so.2");
+    fs::copy(Path::new(HOST_LD).canonicalize().unwrap(), &ld).unwrap();
+    let exe = tmp.path().join("bin/prog");
+    executable(
+        &exe,
+        "int main(void) { return 0; }\n",
+        &[&format!("-Wl,--dynamic-linker={}", ld.display())],
+    );
+    let loader = || {
+        Loader::new(LoaderConfig {
+            store_dir: store.clone(),
+            ..LoaderConfig::default()
+        })
+    };
+    let report = loader().check_file_in(&exe, tmp.path());
+    assert!(!report.ok);
+    assert_eq!(
+        report.problems[0].message,
+        format!(
+            "libc.so.6 (needed by bin/prog) not found in the default dirs [{}]",
+            glibc.display()
+        )
+    );
+
+    let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+    if libc.exists() {
+        fs::copy(libc, glibc.join("libc.so.6")).unwrap();
+        let report = loader().check_file_in(&exe, tmp.path());
+        assert!(report.ok, "{report:#?}");
+        assert_eq!(
+            report.resolved_path("libc.so.6"),
+            Some(glibc.join("libc.so.6").as_path())
+        );
+        assert_eq!(report.resolved[0].via, Via::DefaultDirs);
+    }
 }

@@ -138,7 +138,11 @@ pub fn sync_filesystems(dirs: &[PathBuf]) -> Result<(), ApplyError> {
         let file = File::open(dir).map_err(|e| ApplyError::new(dir, "cannot open to flush", e))?;
         // SAFETY: syncfs takes a valid descriptor and has no memory effects.
         if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-            return Err(ApplyError::new(dir, "cannot flush to disk", io::Error::last_os_error()));
+            return Err(ApplyError::new(
+                dir,
+                "cannot flush to disk",
+                io::Error::last_os_error(),
+            ));
         }
     }
     Ok(())

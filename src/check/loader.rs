@@ -102,10 +102,6 @@ impl<'h> Loader<'h> {
         }
     }
 
-    pub fn config(&self) -> &LoaderConfig {
-        &self.config
-    }
-
     /// Checks one file, whatever it is; paths in messages are absolute.
     pub fn check_file(&self, path: &Path) -> FileReport {
         self.check_one(path, &Shown::new(None))
@@ -258,7 +254,9 @@ impl<'h> Loader<'h> {
     /// The `lib` directory of a Nix glibc, if `interpreter` is one's (directly or by symlink).
     fn nix_glibc_dir(&self, interpreter: &Path) -> Option<PathBuf> {
         let store = &self.config.store_dir;
-        if interpreter.starts_with(store) {
+        // The configured store may be a second one (libraries only); a loader in the system's
+        // store is a Nix glibc all the same.
+        if interpreter.starts_with(store) || interpreter.starts_with("/nix/store") {
             return interpreter.parent().map(Path::to_path_buf);
         }
         let canonical = std::fs::canonicalize(interpreter).ok()?;

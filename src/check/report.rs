@@ -10,7 +10,8 @@ use serde::Serialize;
 pub struct FileReport {
     pub path: PathBuf,
     pub ok: bool,
-    /// The interpreter the file was checked with, if any.
+    /// The interpreter the file was checked with: the configured one, else the file's own, else
+    /// (for a library) the system's usual one for its machine if it exists.
     pub interpreter: Option<PathBuf>,
     pub problems: Vec<Problem>,
     /// Every object loaded besides the file itself, in the loader's order.
@@ -55,6 +56,7 @@ impl FileReport {
 /// One object the loader loads: the name it was asked for, where it found it, and by which rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resolved {
+    /// The needed name as looked up (tokens expanded).
     pub name: String,
     /// The path the loader opened, as it names it (search directory joined with the name).
     pub path: PathBuf,

@@ -60,6 +60,9 @@ pub struct FixArgs {
     /// Patch setuid and setgid files too (they are refused otherwise).
     #[arg(long)]
     pub allow_setuid: bool,
+    /// Skip checking with the loader simulation that patched files load.
+    #[arg(long, env = "AUTOPATCH_NO_VERIFY")]
+    pub no_verify: bool,
     /// Leave conda-meta records as they are.
     #[arg(long, env = "AUTOPATCH_NO_UPDATE_RECORDS")]
     pub no_update_records: bool,
@@ -138,32 +141,64 @@ struct Report<'a> {
     files: &'a [FileResult],
 }
 
-pub fn run(args: &FixArgs) -> Result<bool> {
-    let file_config = config::load()?;
-    if let Some(jobs) = args.jobs.or(file_config.jobs) {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs)
-            .build_global()
-            .ok();
+/// What every run takes from flags, environment and config file, merged.
+pub(crate) struct Prepared {
+    pub(crate) resolved: Resolved,
+    pub(crate) update_records: bool,
+    pub(crate) verify: bool,
+}
+
+impl FixArgs {
+    /// Merges the config file in, sizes the thread pool and opens the store index.
+    pub(crate) fn prepare(&self) -> Result<Prepared> {
+        let file_config = config::load()?;
+        if let Some(jobs) = self.jobs.or(file_config.jobs) {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(jobs)
+                .build_global()
+                .ok();
+        }
+        Ok(Prepared {
+            resolved: self.resolve.resolve(&file_config)?,
+            update_records: !(self.no_update_records
+                || file_config.no_update_records.unwrap_or(false)),
+            verify: !(self.no_verify || file_config.no_verify.unwrap_or(false)),
+        })
     }
-    let update_records =
-        !(args.no_update_records || file_config.no_update_records.unwrap_or(false));
-    let settings = args.resolve.resolve(&file_config)?;
+
+    /// The options of a fix with these settings.
+    pub(crate) fn options<'a>(
+        &self,
+        prepared: &'a Prepared,
+        on_planned: &'a (dyn Fn(usize) + Sync),
+        on_file_done: &'a (dyn Fn() + Sync),
+    ) -> FixOptions<'a> {
+        let resolved = &prepared.resolved;
+        FixOptions {
+            settings: Settings {
+                interpreter: resolved.interpreter.clone(),
+                store: resolved.store.as_ref(),
+                preferences: &resolved.preferences,
+                ignore_missing: &resolved.ignore_missing,
+                allow_setuid: self.allow_setuid,
+            },
+            dry_run: self.dry_run,
+            update_records: prepared.update_records,
+            verify: prepared.verify,
+            on_planned,
+            on_file_done,
+        }
+    }
+}
+
+pub fn run(args: &FixArgs) -> Result<bool> {
+    let prepared = args.prepare()?;
+    let settings = &prepared.resolved;
     let roots = absolute_roots(&args.paths)?;
     let progress = ProgressSlot::default();
-    let options = FixOptions {
-        settings: Settings {
-            interpreter: settings.interpreter.clone(),
-            store: settings.store.as_ref(),
-            preferences: &settings.preferences,
-            ignore_missing: &settings.ignore_missing,
-            allow_setuid: args.allow_setuid,
-        },
-        dry_run: args.dry_run,
-        update_records,
-        on_planned: &|count| progress.start(count),
-        on_file_done: &|| progress.inc(),
-    };
+    let on_planned = |count| progress.start(count);
+    let on_file_done = || progress.inc();
+    let options = args.options(&prepared, &on_planned, &on_file_done);
     let outcome = fix::fix(&roots, &options)?;
     progress.finish();
     if args.json {
@@ -181,7 +216,7 @@ pub fn run(args: &FixArgs) -> Result<bool> {
     Ok(outcome.is_success())
 }
 
-fn absolute_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn absolute_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     paths
         .iter()
         .map(|p| {
@@ -217,6 +252,20 @@ fn print_human(outcome: &FixOutcome, dry_run: bool) {
             eprintln!("error: {}: {message}", r.plan.path.display());
         }
     }
+    for r in results {
+        for problem in &r.load_problems {
+            let hint = problem
+                .suggestion
+                .as_deref()
+                .map(|s| format!("; {s}"))
+                .unwrap_or_default();
+            eprintln!(
+                "does not load: {}: {}{hint}",
+                r.plan.path.display(),
+                problem.message
+            );
+        }
+    }
     for (path, why) in scan_errors {
         eprintln!("error: {}: {why}", path.display());
     }
@@ -248,13 +297,14 @@ fn print_human(outcome: &FixOutcome, dry_run: bool) {
         );
     }
     eprintln!(
-        "{} ELF files under {} entries: {} {verb}, {} already fine, {} skipped, {} with unresolved libraries, {} errors",
+        "{} ELF files under {} entries: {} {verb}, {} already fine, {} skipped, {} with unresolved libraries, {} not loading, {} errors",
         summary.elf_files,
         summary.scanned_entries,
         summary.patched,
         summary.already_fine,
         summary.skipped,
         summary.unresolved,
+        summary.not_loading,
         summary.errors
     );
 }

@@ -3,6 +3,7 @@
 mod check_cmd;
 mod elf_cmd;
 mod fix_cmd;
+mod watch_cmd;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,9 @@ enum Command {
     Fix(fix_cmd::FixArgs),
     /// Tell, per file, what the dynamic loader will load from where, and what stops it.
     Check(check_cmd::CheckArgs),
+    /// Keep watched conda roots, environments and venvs patched while installers write to them
+    /// (`--json`: one JSON object per line).
+    Watch(watch_cmd::WatchArgs),
 }
 
 /// Runs the command line; exit 0 when everything succeeded, 1 when something failed, 2 on usage
@@ -36,6 +40,7 @@ pub fn main() -> ExitCode {
         Command::Elf(args) => elf_cmd::run(args),
         Command::Fix(args) => fix_cmd::run(args),
         Command::Check(args) => check_cmd::run(args),
+        Command::Watch(args) => watch_cmd::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -46,6 +46,12 @@ pub fn allow_skip() -> bool {
     std::env::var("AUTOPATCH_ALLOW_SKIP").is_ok_and(|v| v == "1")
 }
 
+/// `None` when AUTOPATCH_ALLOW_SKIP=1 (saying why), else a panic: for tests whose other
+/// prerequisites (e.g. a network download) are missing.
+pub fn unavailable<T>(what: &str, reason: &str) -> Option<T> {
+    skip_or_panic(what, reason)
+}
+
 /// Skip (return `None`) if allowed, else panic with `reason`.
 fn skip_or_panic<T>(what: &str, reason: &str) -> Option<T> {
     if allow_skip() {
@@ -415,6 +421,34 @@ impl NixRoot {
             && r.missing_versions.is_empty()
             && r.interpreter_ok;
         r
+    }
+
+    /// A variable of the root's env.sh, `None` when unset or empty.
+    pub fn env_var(&self, key: &str) -> Option<String> {
+        parse_env_sh(&self.dir.join("env.sh"))
+            .ok()?
+            .remove(key)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// `/nix/store/...-python3-X/bin/python3`: a CPython in the store, its modules linked
+    /// against store libraries (build.sh copies pyenv's 3.11, or `$NIXROOT_PYTHON_SRC`).
+    /// `None` when the host had none to copy.
+    pub fn python(&self) -> Option<PathBuf> {
+        self.env_var("NIXROOT_PYTHON").map(PathBuf::from)
+    }
+
+    /// `python()`, or `None` when there is none and AUTOPATCH_ALLOW_SKIP=1; panics when there
+    /// is none otherwise.
+    pub fn python_or_skip(&self) -> Option<PathBuf> {
+        match self.python() {
+            Some(p) => Some(p),
+            None => skip_or_panic(
+                "store python",
+                "testdata/nixroot/build.sh found no CPython to copy: install pyenv's 3.11 \
+                 (built with --enable-shared) or set NIXROOT_PYTHON_SRC to such a prefix",
+            ),
+        }
     }
 
     /// Map a path as seen inside the root to the host path it is bound from.

@@ -1,0 +1,452 @@
+//! `autopatch fix` on a real venv, checked in a NixOS-like root: the venv's python lives in the
+//! store, numpy and pandas come from PyPI's manylinux wheels. Before, their extensions cannot
+//! find libstdc++ (which manylinux wheels take from the system); after, both import and compute,
+//! numpy with the OpenBLAS it vendors in `numpy.libs` and libstdc++ from the store, every ELF
+//! file of the venv loads, the store's python is left alone, and a second run changes nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+/// Pinned so that reruns install the same wheels from the cache, offline.
+const SPECS: &[&str] = &["numpy==2.4.6", "pandas==3.1.1"];
+
+fn autopatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_autopatch"))
+}
+
+/// Runs `autopatch fix` on `paths` with the test store's cache in `cache`.
+fn fix(cache: &Path, extra: &[&str], paths: &[&Path]) -> Output {
+    let out = autopatch()
+        .arg("fix")
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(extra)
+        .args(paths)
+        .env("XDG_CONFIG_HOME", cache)
+        .output()
+        .expect("running autopatch");
+    eprintln!(
+        "autopatch fix {extra:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a host command, panicking with its output when it fails.
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        text(&out)
+    );
+    out
+}
+
+/// pip, quiet and without looking for newer versions of itself.
+fn pip(venv: &Path) -> Command {
+    let mut cmd = Command::new(venv.join("bin/pip"));
+    cmd.env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_NO_INPUT", "1");
+    cmd
+}
+
+/// The wheels of `SPECS` and their dependencies for the venv's Python, downloaded once into
+/// `target/wheels/` with the venv's pip (so the tags are the store python's).
+fn cached_wheels(venv: &Path) -> Result<PathBuf, String> {
+    let tag = run_ok(
+        Command::new(venv.join("bin/python"))
+            .args(["-c", "import sys; print(sys.implementation.cache_tag)"]),
+    )
+    .stdout;
+    let tag = String::from_utf8_lossy(&tag).trim().to_string();
+    let base = common::target_dir().join("wheels");
+    fs::create_dir_all(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
+    let dir = base.join(format!("{tag}-{}", SPECS.join("+")));
+    let marker = dir.join(".complete");
+
+    // One downloader at a time across test processes.
+    let lock_path = dir.with_extension("lock");
+    let lock = fs::File::create(&lock_path)
+        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    if marker.exists() {
+        return Ok(dir);
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+    }
+    let started = Instant::now();
+    let out = pip(venv)
+        .args(["download", "-q", "--only-binary=:all:", "-d"])
+        .arg(&dir)
+        .args(SPECS)
+        .output()
+        .map_err(|e| format!("running pip download: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pip download {SPECS:?} (needs PyPI once; later runs use {}): {}",
+            dir.display(),
+            text(&out)
+        ));
+    }
+    eprintln!(
+        "downloaded the wheels to {} in {:.1?}",
+        dir.display(),
+        started.elapsed()
+    );
+    fs::write(&marker, SPECS.join("\n"))
+        .map_err(|e| format!("writing {}: {e}", marker.display()))?;
+    Ok(dir)
+}
+
+/// The venv's site-packages (`lib/python3.X/site-packages`).
+fn site_packages(venv: &Path) -> PathBuf {
+    let lib = venv.join("lib");
+    let python_dir = fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python3")
+        })
+        .unwrap_or_else(|| panic!("no python3.X in {}", lib.display()));
+    python_dir.join("site-packages")
+}
+
+/// The shared object in `dir` whose name starts with `stem` (extension modules carry an ABI
+/// tag, vendored libraries a hash).
+fn shared_object(dir: &Path, stem: &str) -> PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(stem) && (name.ends_with(".so") || name.contains(".so."))
+        })
+        .unwrap_or_else(|| panic!("no {stem}*.so in {}", dir.display()))
+}
+
+fn elf_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() && is_dynamic_elf(entry.path()) {
+            files.push(entry.path().to_path_buf());
+        }
+    }
+    files.sort();
+    files
+}
+
+fn is_dynamic_elf(path: &Path) -> bool {
+    let Ok(bytes) = fs::read(path) else {
+        return false;
+    };
+    autopatch::elf::Elf::parse(&bytes).is_ok_and(|e| e.is_loadable() && !e.is_static())
+}
+
+/// `path` with `..` applied, as the loader reports `$ORIGIN/../x` unnormalised.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Inode, size, mtime and ctime of every regular file under `dir`: a rewrite, a rename over
+/// or a metadata change of any file shows.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u64, i64, i64, i64, i64)> {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (
+                e.path().to_path_buf(),
+                (
+                    m.ino(),
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn assert_unchanged(
+    before: &BTreeMap<PathBuf, (u64, u64, i64, i64, i64, i64)>,
+    after: &BTreeMap<PathBuf, (u64, u64, i64, i64, i64, i64)>,
+    what: &str,
+) {
+    for (path, state) in before {
+        assert_eq!(
+            after.get(path),
+            Some(state),
+            "{what} changed {}",
+            path.display()
+        );
+    }
+    assert_eq!(before.len(), after.len(), "{what} added or removed files");
+}
+
+/// The plan's entry for `path`, from `autopatch fix --dry-run --json`.
+fn planned<'a>(plan: &'a serde_json::Value, path: &Path) -> &'a serde_json::Value {
+    plan["files"]
+        .as_array()
+        .expect("files in the JSON plan")
+        .iter()
+        .find(|f| f["path"].as_str() == Some(path.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} not in the plan", path.display()))
+}
+
+/// The plan's provider of the needed library whose name starts with `stem`.
+fn provider<'a>(file: &'a serde_json::Value, stem: &str) -> &'a serde_json::Value {
+    file["resolution"]["needed"]
+        .as_array()
+        .expect("needed libraries in the plan")
+        .iter()
+        .find(|n| n["soname"].as_str().is_some_and(|s| s.starts_with(stem)))
+        .unwrap_or_else(|| panic!("{stem}* not needed by {}", file["path"]))
+}
+
+/// Imports both, uses pandas and numpy's LAPACK (OpenBLAS), then lists the shared objects the
+/// process mapped.
+const SCRIPT: &str = r#"
+import json, numpy, pandas
+print(pandas.DataFrame({"a": [1, 2]}).sum().a)
+a = numpy.array([[3.0, 1.0], [1.0, 2.0]])
+x = numpy.linalg.solve(a, numpy.array([9.0, 8.0]))
+assert numpy.allclose(x, [2.0, 3.0]) and numpy.allclose(numpy.linalg.inv(a) @ a, numpy.eye(2)), x
+print(json.dumps(sorted({l.split()[-1] for l in open("/proc/self/maps") if ".so" in l.split()[-1]})))
+"#;
+
+#[test]
+fn fixed_venv_with_manylinux_wheels_imports_in_a_nixos_like_root() {
+    let total = Instant::now();
+    let root = common::require_nixroot();
+    let Some(python) = root.python_or_skip() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let venv = work.path().join("venv");
+    let cache = work.path().join("cache");
+
+    // The venv, made on the host by the store's python (the host runs store binaries too).
+    let started = Instant::now();
+    run_ok(Command::new(&python).arg("-m").arg("venv").arg(&venv));
+    let wheels = match cached_wheels(&venv) {
+        Ok(dir) => dir,
+        Err(why) => match common::unavailable("the wheels", &why) {
+            Some(dir) => dir,
+            None => return,
+        },
+    };
+    run_ok(
+        pip(&venv)
+            .args(["install", "-q", "--no-index", "--only-binary=:all:"])
+            .arg("--find-links")
+            .arg(&wheels)
+            .args(SPECS),
+    );
+    eprintln!("venv with {SPECS:?} in {:.1?}", started.elapsed());
+    let site = site_packages(&venv);
+    let numpy_libs = site.join("numpy.libs");
+    let multiarray = shared_object(&site.join("numpy/_core"), "_multiarray_umath.");
+    let aggregations = shared_object(&site.join("pandas/_libs/window"), "aggregations.");
+    let gfortran = shared_object(&numpy_libs, "libgfortran");
+    let store_python = python
+        .parent()
+        .and_then(Path::parent)
+        .expect("<store path>/bin/python3")
+        .to_path_buf();
+
+    // Before: the wheels' C++ extensions find no libstdc++ in a root without /usr/lib.
+    let before = root.run(
+        &venv,
+        &[venv.join("bin/python"), "-c".into(), "import pandas".into()],
+    );
+    let before_text = text(&before);
+    assert!(
+        !before.status.success()
+            && before_text.contains("libstdc++.so.6: cannot open shared object file"),
+        "import pandas must fail for want of libstdc++ before fix:\n{before_text}"
+    );
+    let ldd = root.ldd(&venv, &aggregations);
+    assert!(
+        ldd.not_found.iter().any(|s| s == "libstdc++.so.6"),
+        "libstdc++ must be missing before fix:\n{ldd}"
+    );
+
+    // The plan: pip's ownership, numpy's own run path kept for its vendored libraries, the
+    // store for what the wheels expect of the system.
+    let dry = snapshot(&venv);
+    let out = fix(&cache, &["--dry-run", "--json"], &[&venv]);
+    assert!(out.status.success(), "fix --dry-run failed");
+    assert_unchanged(&dry, &snapshot(&venv), "--dry-run");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    let gcc_lib = root.gcc_lib.to_str().unwrap();
+    let file = planned(&plan, &multiarray);
+    assert_eq!(file["owner"], "numpy", "{file:#}");
+    let openblas = provider(file, "libscipy_openblas");
+    assert_eq!(openblas["from"], "run_path", "{openblas:#}");
+    assert_eq!(
+        openblas["entry"], "$ORIGIN/../../numpy.libs",
+        "{openblas:#}"
+    );
+    let stdcxx = provider(file, "libstdc++.so.6");
+    assert_eq!(
+        (&stdcxx["from"], stdcxx["entry"].as_str()),
+        (&serde_json::json!("outside"), Some(gcc_lib)),
+        "{stdcxx:#}"
+    );
+    let file = planned(&plan, &gfortran);
+    assert_eq!(file["owner"], "numpy", "a file of numpy.libs: {file:#}");
+    let stdcxx = provider(planned(&plan, &aggregations), "libstdc++.so.6");
+    assert_eq!(stdcxx["entry"].as_str(), Some(gcc_lib), "{stdcxx:#}");
+
+    let started = Instant::now();
+    let out = fix(&cache, &[], &[&venv]);
+    assert!(out.status.success(), "fix failed");
+    eprintln!("fix in {:.1?}", started.elapsed());
+
+    // After: both import and compute in the root.
+    let after = root.run(
+        &venv,
+        &[venv.join("bin/python"), "-c".into(), SCRIPT.into()],
+    );
+    let after_text = text(&after);
+    assert!(after.status.success(), "after fix:\n{after_text}");
+    let stdout = String::from_utf8_lossy(&after.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("3"), "{after_text}");
+    let mapped: Vec<PathBuf> = serde_json::from_str(lines.next().expect("mapped objects"))
+        .unwrap_or_else(|e| panic!("{e}: {after_text}"));
+    let mapped_named = |stem: &str| -> Vec<&PathBuf> {
+        mapped
+            .iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(stem))
+            .collect()
+    };
+    // The loader took numpy's own OpenBLAS and its libgfortran from numpy.libs, and libstdc++
+    // from the store: the venv holds no copy of it.
+    for stem in ["libscipy_openblas", "libgfortran", "libquadmath"] {
+        let found = mapped_named(stem);
+        assert!(
+            !found.is_empty() && found.iter().all(|p| p.starts_with(&numpy_libs)),
+            "{stem} must come from {}: {found:?}",
+            numpy_libs.display()
+        );
+    }
+    let found = mapped_named("libstdc++.so");
+    assert!(
+        !found.is_empty() && found.iter().all(|p| p.starts_with(&root.gcc_lib)),
+        "libstdc++ must come from {}: {found:?}",
+        root.gcc_lib.display()
+    );
+    let copies: Vec<PathBuf> = walkdir::WalkDir::new(&venv)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("libstdc++"))
+        .map(|e| e.path().to_path_buf())
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "the venv must hold no libstdc++: {copies:?}"
+    );
+
+    // The venv's own tools run in the root.
+    let pip_version = root
+        .command(
+            &[&venv],
+            &[("PIP_DISABLE_PIP_VERSION_CHECK", "1")],
+            &[venv.join("bin/pip"), "--version".into()],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        pip_version.status.success() && text(&pip_version).contains(venv.to_str().unwrap()),
+        "pip in the root: {}",
+        text(&pip_version)
+    );
+
+    // Every ELF file of the venv loads, as the store's loader resolves it.
+    let files = elf_files(&venv);
+    assert!(
+        files.len() > 30,
+        "expected the wheels' ELF files, found {}",
+        files.len()
+    );
+    for file in &files {
+        let ldd = root.ldd(&venv, file);
+        assert!(
+            ldd.ok,
+            "{} does not load in the root:\n{ldd}",
+            file.display()
+        );
+    }
+    eprintln!("{} ELF files of the venv load in the root", files.len());
+    let ldd = root.ldd(&venv, &multiarray);
+    let openblas = ldd
+        .libs
+        .iter()
+        .find(|(name, _)| name.starts_with("libscipy_openblas"))
+        .unwrap_or_else(|| panic!("no OpenBLAS for {}:\n{ldd}", multiarray.display()));
+    assert!(lexical(&openblas.1).starts_with(&numpy_libs), "{ldd}");
+    let stdcxx = ldd.resolved("libstdc++.so.6").expect("libstdc++ resolved");
+    assert!(stdcxx.starts_with(&root.gcc_lib), "{ldd}");
+
+    // The venv's python is a link into the store, which fix must not follow: the store path
+    // still has the content Nix recorded.
+    assert!(
+        fs::symlink_metadata(venv.join("bin/python3"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    run_ok(
+        Command::new("nix-store")
+            .arg("--verify-path")
+            .arg(&store_python),
+    );
+
+    // A second run changes nothing.
+    let settled = snapshot(&venv);
+    let out = fix(&cache, &[], &[&venv]);
+    assert!(out.status.success(), "second fix failed");
+    assert_unchanged(&settled, &snapshot(&venv), "the second run");
+    eprintln!("whole test in {:.1?}", total.elapsed());
+}
