@@ -1,9 +1,13 @@
 //! The main job: scan the given roots, plan every ELF file, and apply the plan in parallel,
 //! keeping conda's records true.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -12,9 +16,10 @@ use thiserror::Error;
 use crate::apply::{self, Patched};
 use crate::check::{DirHints, Loader, LoaderConfig, Problem};
 use crate::elf::{self, Edits, RunPathEdit};
+use crate::journal::{self, Entry, JournalError, Journals, Name, RecordsEntry};
 use crate::plan::{self, Action, DirFacts, FileInfo, FilePlan, Settings};
 use crate::resolve;
-use crate::scan::{self, ScanResult};
+use crate::scan::{self, Inode, InodeId, ScanResult};
 use crate::store::StoreIndex;
 
 /// How to run a fix.
@@ -38,6 +43,8 @@ pub enum FixError {
     Flush(#[from] apply::ApplyError),
     #[error("{0}: cannot update the conda-meta records: {1}")]
     Records(PathBuf, crate::conda::CondaError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// What a fix did.
@@ -66,15 +73,23 @@ pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixErr
 /// [`fix`] over a scan of `roots` that the caller made, and may have narrowed: the watcher
 /// leaves out files that are still being written.
 pub fn fix_scanned(
-    scanned: ScanResult,
+    mut scanned: ScanResult,
     roots: &[PathBuf],
     options: &FixOptions,
 ) -> Result<FixOutcome, FixError> {
     let facts = DirFacts::of_scan(roots, &scanned);
+    let journals = Journals::default();
+    let mut recovered = Vec::new();
     let _locks = if options.dry_run {
         Vec::new()
     } else {
-        lock_dirs(roots, &scanned, &facts)?
+        let locked = lock_dirs(roots, &scanned, &facts)?;
+        let relinked = recover(&locked, &journals, &mut recovered)?;
+        sweep(&locked, &scanned);
+        if locked.waited || relinked > 0 {
+            scanned = restat(scanned);
+        }
+        locked.files
     };
     let plans = plan::plan(&scanned, &facts, &options.settings);
     (options.on_planned)(plans.iter().filter(|p| p.action == Action::Patch).count());
@@ -82,7 +97,7 @@ pub fn fix_scanned(
     let mut files: Vec<FileResult> = plans
         .into_par_iter()
         .map(|plan| {
-            let result = execute(plan, options.dry_run, &written);
+            let result = execute(plan, options.dry_run, &written, &journals);
             (options.on_file_done)();
             result
         })
@@ -92,8 +107,9 @@ pub fn fix_scanned(
         apply::sync_filesystems(roots_as_dirs(roots).as_slice())?;
     }
     if options.update_records && !options.dry_run {
-        update_conda_records(&files)?;
+        update_conda_records(&files, &recovered, &journals)?;
     }
+    journals.finish()?;
     if options.verify && !options.dry_run {
         verify(&mut files, &options.settings);
     }
@@ -113,6 +129,81 @@ pub fn fix_scanned(
         unresolved,
         scan_errors: scanned.errors,
     })
+}
+
+/// Completes what killed runs left in the journals of the locked directories; the files they
+/// wrote are added to `records` with their prefix. Returns how many names were linked back.
+fn recover(
+    locked: &Locked,
+    journals: &Journals,
+    records: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<usize, JournalError> {
+    let mut relinked = 0;
+    for dir in &locked.dirs {
+        let done = journal::recover(dir, journals)?;
+        relinked += done.relinked;
+        records.extend(done.records.into_iter().map(|n| (dir.clone(), n)));
+    }
+    Ok(relinked)
+}
+
+/// Removes the temporary files killed runs left beside the files of this run, in conda-meta
+/// and in the journal directories.
+fn sweep(locked: &Locked, scanned: &ScanResult) {
+    let mut dirs: BTreeSet<&Path> = scanned
+        .elf_inodes
+        .iter()
+        .flat_map(|i| &i.names)
+        .filter_map(|n| n.parent())
+        .collect();
+    let meta: Vec<PathBuf> = locked
+        .dirs
+        .iter()
+        .flat_map(|d| [d.join("conda-meta"), d.join(journal::DIR)])
+        .collect();
+    dirs.extend(meta.iter().map(PathBuf::as_path));
+    apply::sweep_temp_files(dirs, locked.at);
+}
+
+/// The scan with its names grouped again by the inode each is now: another run, or the
+/// completion of a killed one, may have replaced files since the scan was made.
+fn restat(scanned: ScanResult) -> ScanResult {
+    let mut by_inode: BTreeMap<InodeId, Inode> = BTreeMap::new();
+    for name in scanned.elf_inodes.iter().flat_map(|i| &i.names) {
+        let Ok(meta) = fs::symlink_metadata(name) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let id = InodeId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        by_inode
+            .entry(id)
+            .or_insert_with(|| Inode {
+                id,
+                names: Vec::new(),
+                nlink: meta.nlink(),
+                len: meta.len(),
+                mode: meta.mode() & 0o7777,
+            })
+            .names
+            .push(name.clone());
+    }
+    let mut elf_inodes: Vec<Inode> = by_inode
+        .into_values()
+        .map(|mut i| {
+            i.names.sort();
+            i
+        })
+        .collect();
+    elf_inodes.sort_by(|a, b| a.names[0].cmp(&b.names[0]));
+    ScanResult {
+        elf_inodes,
+        ..scanned
+    }
 }
 
 /// Runs the loader simulation on every file that was written, as the given interpreter would
@@ -141,7 +232,12 @@ fn verify(files: &mut [FileResult], settings: &Settings) {
         .filter(|f| f.patched.is_some())
         .for_each(|f| {
             let report = loader.check_file_in(&f.plan.path, &f.plan.prefix);
-            f.load_problems = report.problems;
+            // A library the user said may be missing is no failure of the patch.
+            f.load_problems = report
+                .problems
+                .into_iter()
+                .filter(|p| !p.library.as_deref().is_some_and(|l| settings.ignore_missing.is_match(l)))
+                .collect();
         });
 }
 
@@ -159,29 +255,62 @@ fn roots_as_dirs(roots: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Locks held on directories, in the order taken.
+struct Locked {
+    dirs: Vec<PathBuf>,
+    files: Vec<File>,
+    /// Whether another run held one of them: the scan may be out of date.
+    waited: bool,
+    at: SystemTime,
+}
+
 /// Takes an exclusive lock on every root and environment, in a fixed order, so that two runs
-/// (or a run and the watcher) on one prefix take turns. The kernel drops the locks when the
-/// holder dies.
+/// (or a run and the watcher) on one prefix take turns.
 fn lock_dirs(
     roots: &[PathBuf],
     scanned: &scan::ScanResult,
     facts: &DirFacts,
-) -> Result<Vec<std::fs::File>, FixError> {
+) -> Result<Locked, FixError> {
     let root_dirs = roots_as_dirs(roots).into_iter();
     let prefixes = scanned
         .elf_inodes
         .iter()
         .flat_map(|i| &i.names)
         .map(|n| facts.prefix_of(n));
-    let dirs: std::collections::BTreeSet<PathBuf> = root_dirs.chain(prefixes).collect();
-    dirs.into_iter()
-        .filter(|d| d.is_dir())
-        .map(|dir| {
-            let file = std::fs::File::open(&dir).map_err(|e| FixError::Lock(dir.clone(), e))?;
-            file.lock().map_err(|e| FixError::Lock(dir.clone(), e))?;
-            Ok(file)
-        })
-        .collect()
+    let dirs: BTreeSet<PathBuf> = root_dirs.chain(prefixes).collect();
+    let mut locked = Locked {
+        dirs: Vec::new(),
+        files: Vec::new(),
+        waited: false,
+        at: SystemTime::now(),
+    };
+    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
+        let (file, waited) = lock_dir(&dir).map_err(|e| FixError::Lock(dir.clone(), e))?;
+        locked.files.push(file);
+        locked.dirs.push(dir);
+        locked.waited |= waited;
+    }
+    locked.at = SystemTime::now();
+    Ok(locked)
+}
+
+/// Takes an exclusive lock on `dir` (`flock` on the directory itself), waiting, with a word to
+/// the user, while another run holds it. Returns it with whether it had to wait. The kernel
+/// drops the lock when its holder dies, so a killed run never leaves a prefix locked.
+pub fn lock_dir(dir: &Path) -> io::Result<(File, bool)> {
+    let file = File::open(dir)?;
+    match file.try_lock() {
+        Ok(()) => Ok((file, false)),
+        Err(TryLockError::WouldBlock) => {
+            tracing::warn!(
+                "{}: waiting for another autopatch run on it to finish",
+                dir.display()
+            );
+            file.lock()?;
+            Ok((file, true))
+        }
+        Err(TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// The interpreter to use when none is given: the toolchain's, the running system's, the one
@@ -255,7 +384,12 @@ pub struct Summary {
     pub bytes_written: u64,
 }
 
-fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64) -> FileResult {
+fn execute(
+    plan: FilePlan,
+    dry_run: bool,
+    written: &AtomicU64,
+    journals: &Journals,
+) -> FileResult {
     let untouched = |plan| FileResult {
         plan,
         written: None,
@@ -278,7 +412,8 @@ fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64) -> FileResult {
         ..Edits::default()
     };
     let want_hash = plan.prefix.join("conda-meta").is_dir();
-    match apply::patch_inode(&ordered_names(&plan), &edits, want_hash) {
+    let journal = |staged: &apply::Staged| journals.record_patch(&plan.prefix, staged);
+    match apply::patch_inode(&ordered_names(&plan), &edits, want_hash, &journal) {
         Ok(patched) => {
             if let Some(p) = &patched {
                 written.fetch_add(p.bytes_written, Ordering::Relaxed);
@@ -309,10 +444,28 @@ fn ordered_names(plan: &FilePlan) -> Vec<PathBuf> {
     names
 }
 
-/// Writes the new hash and size of patched files into their prefixes' conda records. Symlink
-/// entries are left as the installer wrote them: the links themselves do not change.
-fn update_conda_records(results: &[FileResult]) -> Result<(), FixError> {
-    let mut by_prefix: BTreeMap<&Path, Vec<(String, &str, u64)>> = BTreeMap::new();
+/// Writes the new hash and size of patched files into their prefixes' conda records, and of the
+/// files a killed run wrote (`recovered`, with their prefix); the old values go to the journal
+/// first. Symlink entries are left as the installer wrote them: the links themselves do not
+/// change.
+fn update_conda_records(
+    results: &[FileResult],
+    recovered: &[(PathBuf, PathBuf)],
+    journals: &Journals,
+) -> Result<(), FixError> {
+    let mut by_prefix: BTreeMap<&Path, Vec<(String, String, u64)>> = BTreeMap::new();
+    let conda = recovered
+        .iter()
+        .filter(|(prefix, _)| prefix.join("conda-meta").is_dir());
+    for (prefix, name) in conda {
+        if let (Ok(rel), Some((sha, len))) = (name.strip_prefix(prefix), current_hash(name)) {
+            by_prefix.entry(prefix).or_default().push((
+                rel.to_string_lossy().into_owned(),
+                sha,
+                len,
+            ));
+        }
+    }
     for r in results {
         let Some(p) = &r.patched else { continue };
         let Some(sha) = &p.sha256 else { continue };
@@ -320,19 +473,37 @@ fn update_conda_records(results: &[FileResult]) -> Result<(), FixError> {
             if let Ok(rel) = name.strip_prefix(&r.plan.prefix) {
                 by_prefix.entry(&r.plan.prefix).or_default().push((
                     rel.to_string_lossy().into_owned(),
-                    sha,
+                    sha.clone(),
                     p.len,
                 ));
             }
         }
     }
     for (prefix, files) in by_prefix {
-        let refs: Vec<crate::conda::ChangedFile> =
-            files.iter().map(|(p, s, l)| (p.as_str(), *s, *l)).collect();
-        crate::conda::update_records(prefix, &refs)
+        let refs: Vec<crate::conda::ChangedFile> = files
+            .iter()
+            .map(|(p, s, l)| (p.as_str(), s.as_str(), *l))
+            .collect();
+        let mut keep_old = |record: &Path, fields| {
+            let entry = Entry::Records(RecordsEntry {
+                record: Name::relative(record, prefix),
+                fields,
+            });
+            journals
+                .of(prefix)
+                .map_err(io::Error::other)?
+                .append(&entry)
+        };
+        crate::conda::update_records_logged(prefix, &refs, &mut keep_old)
             .map_err(|e| FixError::Records(prefix.to_path_buf(), e))?;
     }
     Ok(())
+}
+
+/// The SHA-256 and length of a file as it is now.
+fn current_hash(name: &Path) -> Option<(String, u64)> {
+    let file = scan::MappedFile::open(name).ok()?;
+    Some((apply::hash_file(&file.file).ok()?, file.meta.len()))
 }
 
 fn summarize(results: &[FileResult]) -> Summary {

@@ -256,6 +256,20 @@ impl Resolver<'_> {
                 why,
             );
         }
+        // Lib dirs come first and serve without a store (a build that offers only its inputs).
+        if let Some(dir) = self
+            .preferences
+            .lib_dirs
+            .iter()
+            .find(|d| crate::store::holds_library(d, soname, file.machine, file.class))
+        {
+            return needed(
+                Provider::Outside {
+                    entry: dir.display().to_string(),
+                },
+                format!("found in lib dir {}", dir.display()),
+            );
+        }
         if let Some(choice) = self
             .store
             .and_then(|s| s.choose(soname, file.machine, file.class, self.preferences))

@@ -305,7 +305,8 @@ fn reason_for(best: &Candidate, candidates: &[&Candidate], prefs: &Preferences) 
 }
 
 /// Whether the loader would find a `machine`/`class` shared object named `soname` in `dir`.
-fn holds_library(dir: &Path, soname: &str, machine: u16, class: Class) -> bool {
+/// Whether `dir` holds a shared library `soname` of this machine and class.
+pub fn holds_library(dir: &Path, soname: &str, machine: u16, class: Class) -> bool {
     let Ok(file) = fs::canonicalize(dir.join(soname)) else {
         return false;
     };
