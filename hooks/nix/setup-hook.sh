@@ -12,7 +12,8 @@
 # autopatch is $AUTOPATCH, else the one on PATH (the hook's package propagates it); options
 # also reach it through the AUTOPATCH_* variables.
 
-declare -a autopatchLibDirs=()
+# Global: stdenv sources setup hooks from inside a function.
+declare -ag autopatchLibDirs=()
 
 autopatchGatherLibraries() {
     if [ -d "$1/lib" ]; then
