@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -34,6 +34,11 @@ pub enum CondaError {
     Unnamed { path: PathBuf },
     #[error("cannot write {}: {source}; check that the prefix is writable", path.display())]
     Write { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot keep the old values of {} in the undo journal: {source}; check that the prefix is writable",
+        path.display()
+    )]
+    Journal { path: PathBuf, source: io::Error },
 }
 
 pub type Result<T, E = CondaError> = std::result::Result<T, E>;
@@ -384,6 +389,52 @@ pub type ChangedFile<'a> = (&'a str, &'a str, u64);
 /// order and indentation is kept; each record is replaced atomically. Returns how many records
 /// were rewritten.
 pub fn update_records(prefix: &Path, changed: &[ChangedFile]) -> Result<usize> {
+    update_records_logged(prefix, changed, &mut |_, _| Ok(()))
+}
+
+/// The `sha256_in_prefix` and `size_in_bytes` of one `paths_data` entry, each `None` where the
+/// key is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordFields {
+    pub path: String,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sha256_in_prefix: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub size_in_bytes: Option<Value>,
+}
+
+/// A key that is there, even with `null`, is `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+const FIELD_KEYS: [&str; 2] = ["sha256_in_prefix", "size_in_bytes"];
+
+impl RecordFields {
+    fn of(path: &str, entry: &Map<String, Value>) -> RecordFields {
+        RecordFields {
+            path: path.to_string(),
+            sha256_in_prefix: entry.get(FIELD_KEYS[0]).cloned(),
+            size_in_bytes: entry.get(FIELD_KEYS[1]).cloned(),
+        }
+    }
+}
+
+/// [`update_records`], telling `before_write` each record about to be rewritten (by path) and
+/// what its changed entries held before, so the change can be taken back.
+pub fn update_records_logged(
+    prefix: &Path,
+    changed: &[ChangedFile],
+    before_write: &mut dyn FnMut(&Path, Vec<RecordFields>) -> io::Result<()>,
+) -> Result<usize> {
     let meta = prefix.join("conda-meta");
     if changed.is_empty() || !meta.is_dir() {
         return Ok(0);
@@ -394,44 +445,95 @@ pub fn update_records(prefix: &Path, changed: &[ChangedFile]) -> Result<usize> {
         .collect();
     let mut rewritten = 0;
     for record in record_paths(&meta)? {
-        if update_record(&record, &by_path)? {
+        if update_record(&record, &by_path, before_write)? {
             rewritten += 1;
         }
     }
     Ok(rewritten)
 }
 
-fn update_record(record: &Path, changed: &HashMap<&str, (&str, u64)>) -> Result<bool> {
-    let text = fs::read_to_string(record).map_err(|source| CondaError::Read {
-        path: record.to_path_buf(),
-        source,
-    })?;
-    let mut json: Value = serde_json::from_str(&text).map_err(|source| CondaError::Parse {
-        path: record.to_path_buf(),
-        source,
-    })?;
+fn update_record(
+    record: &Path,
+    changed: &HashMap<&str, (&str, u64)>,
+    before_write: &mut dyn FnMut(&Path, Vec<RecordFields>) -> io::Result<()>,
+) -> Result<bool> {
+    let (text, mut json) = read_record(record)?;
     let Some(entries) = json
         .pointer_mut("/paths_data/paths")
         .and_then(Value::as_array_mut)
     else {
         return Ok(false);
     };
+    let mut before = Vec::new();
+    for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+        let Some(path) = entry.get("_path").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        let Some(&(sha, size)) = changed.get(path.as_str()) else {
+            continue;
+        };
+        let old = RecordFields::of(&path, entry);
+        let mut modified = set_field(entry, FIELD_KEYS[0], Value::from(sha));
+        modified |= set_field(entry, FIELD_KEYS[1], Value::from(size));
+        if modified {
+            before.push(old);
+        }
+    }
+    if before.is_empty() {
+        return Ok(false);
+    }
+    before_write(record, before).map_err(|source| CondaError::Journal {
+        path: record.to_path_buf(),
+        source,
+    })?;
+    write_atomically(record, &render_like(&json, &text))?;
+    Ok(true)
+}
+
+/// Puts `fields` back into the record at `record`: each key takes the value it had, or is
+/// removed when it was absent. Returns whether the record changed.
+pub fn restore_record_fields(record: &Path, fields: &[RecordFields]) -> Result<bool> {
+    let (text, mut json) = read_record(record)?;
+    let Some(entries) = json
+        .pointer_mut("/paths_data/paths")
+        .and_then(Value::as_array_mut)
+    else {
+        return Ok(false);
+    };
+    let by_path: HashMap<&str, &RecordFields> =
+        fields.iter().map(|f| (f.path.as_str(), f)).collect();
     let mut modified = false;
     for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
-        let Some(&(sha, size)) = entry
+        let Some(old) = entry
             .get("_path")
             .and_then(Value::as_str)
-            .and_then(|p| changed.get(p))
+            .and_then(|p| by_path.get(p))
         else {
             continue;
         };
-        modified |= set_field(entry, "sha256_in_prefix", Value::from(sha));
-        modified |= set_field(entry, "size_in_bytes", Value::from(size));
+        for (key, value) in FIELD_KEYS.iter().zip([&old.sha256_in_prefix, &old.size_in_bytes]) {
+            modified |= match value {
+                Some(v) => set_field(entry, key, v.clone()),
+                None => entry.shift_remove(*key).is_some(),
+            };
+        }
     }
     if modified {
         write_atomically(record, &render_like(&json, &text))?;
     }
     Ok(modified)
+}
+
+fn read_record(record: &Path) -> Result<(String, Value)> {
+    let text = fs::read_to_string(record).map_err(|source| CondaError::Read {
+        path: record.to_path_buf(),
+        source,
+    })?;
+    let json = serde_json::from_str(&text).map_err(|source| CondaError::Parse {
+        path: record.to_path_buf(),
+        source,
+    })?;
+    Ok((text, json))
 }
 
 /// Sets `key`, returning whether anything changed. A new key goes where sorted order puts it, as
@@ -752,6 +854,47 @@ mod tests {
         assert_eq!(update_records(prefix, &changed).unwrap(), 0);
         let leftovers = fs::read_dir(prefix.join("conda-meta")).unwrap().count();
         assert_eq!(leftovers, 2, "no temporary files left behind");
+    }
+
+    #[test]
+    fn restoring_logged_fields_gives_the_record_back_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path();
+        let record = prefix.join("conda-meta/zlib-1-0.json");
+        let original = "{\n  \"name\": \"zlib\",\n  \"paths_data\": {\n    \"paths\": [\n      {\n        \"_path\": \"lib/a.so\",\n        \"sha256\": \"aa\",\n        \"size_in_bytes\": 10\n      },\n      {\n        \"_path\": \"lib/b.so\",\n        \"sha256\": \"bb\",\n        \"sha256_in_prefix\": \"cc\",\n        \"size_in_bytes\": 20\n      }\n    ]\n  }\n}\n";
+        write(&record, original);
+        let mut logged = Vec::new();
+        let changed = [("lib/a.so", "a2", 11), ("lib/b.so", "b2", 21)];
+        let count = update_records_logged(prefix, &changed, &mut |path, fields| {
+            logged.push((path.to_path_buf(), fields));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(count, 1);
+        assert_ne!(fs::read_to_string(&record).unwrap(), original);
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].0, record);
+        assert_eq!(logged[0].1[0].sha256_in_prefix, None);
+        assert_eq!(logged[0].1[1].sha256_in_prefix, Some(Value::from("cc")));
+
+        let line = serde_json::to_string(&logged[0].1).unwrap();
+        let fields: Vec<RecordFields> = serde_json::from_str(&line).unwrap();
+        assert!(restore_record_fields(&record, &fields).unwrap());
+        assert_eq!(fs::read_to_string(&record).unwrap(), original);
+    }
+
+    #[test]
+    fn a_failing_log_leaves_the_record_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("conda-meta/zlib-1-0.json");
+        let original = r#"{"paths_data": {"paths": [{"_path": "lib/a.so", "size_in_bytes": 1}]}}"#;
+        write(&record, original);
+        let err = update_records_logged(dir.path(), &[("lib/a.so", "ff", 2)], &mut |_, _| {
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(matches!(err, CondaError::Journal { .. }), "{err}");
+        assert_eq!(fs::read_to_string(&record).unwrap(), original);
     }
 
     #[test]

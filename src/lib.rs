@@ -8,6 +8,7 @@ pub mod conda;
 pub mod config;
 pub mod elf;
 pub mod fix;
+pub mod journal;
 pub mod pip;
 pub mod plan;
 pub mod resolve;

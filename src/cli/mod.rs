@@ -3,6 +3,7 @@
 mod check_cmd;
 mod elf_cmd;
 mod fix_cmd;
+mod undo_cmd;
 mod watch_cmd;
 
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     /// Keep watched conda roots, environments and venvs patched while installers write to them
     /// (`--json`: one JSON object per line).
     Watch(watch_cmd::WatchArgs),
+    /// Put back, byte for byte, every file and conda record `fix` changed under the given paths.
+    Undo(undo_cmd::UndoArgs),
 }
 
 /// Runs the command line; exit 0 when everything succeeded, 1 when something failed, 2 on usage
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Fix(args) => fix_cmd::run(args),
         Command::Check(args) => check_cmd::run(args),
         Command::Watch(args) => watch_cmd::run(args),
+        Command::Undo(args) => undo_cmd::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

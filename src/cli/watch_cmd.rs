@@ -1,7 +1,7 @@
 //! `autopatch watch`: keep prefixes patched while installers write to them.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -114,7 +114,7 @@ impl Printer {
                 watched,
                 polled,
             } => self.line(
-                json!({"event": "watching", "roots": roots, "watched_dirs": watched, "polled_dirs": polled}),
+                json!({"event": "watching", "roots": texts(roots), "watched_dirs": watched, "polled_dirs": polled}),
                 format!(
                     "watching {watched} directories under {} ({polled} polled)",
                     join(roots)
@@ -122,11 +122,11 @@ impl Printer {
             ),
             Report::LimitReached { polled } => self.limit_reached(polled),
             Report::Unwatched { dir, why } => self.line(
-                json!({"event": "error", "path": dir, "message": format!("cannot watch: {why}")}),
+                json!({"event": "error", "path": text(dir), "message": format!("cannot watch: {why}")}),
                 format!("error: {}: cannot watch: {why}", dir.display()),
             ),
             Report::WatchError(e) => self.line(
-                json!({"event": "error", "path": e.paths.first(), "message": e.to_string()}),
+                json!({"event": "error", "path": e.paths.first().map(|p| text(p)), "message": e.to_string()}),
                 format!("error: inotify: {e}"),
             ),
             Report::Overflow => self.line(
@@ -139,7 +139,7 @@ impl Printer {
                 elapsed,
             } => self.fixed(roots, outcome, elapsed),
             Report::Failed { roots, error } => self.line(
-                json!({"event": "error", "path": roots.first(), "message": error.to_string()}),
+                json!({"event": "error", "path": texts(roots), "message": error.to_string()}),
                 format!("error: fixing {}: {error}", join(roots)),
             ),
             Report::Idle { as_of } => self.line(
@@ -152,7 +152,7 @@ impl Printer {
     fn limit_reached(&self, polled: &[PathBuf]) {
         let interval = POLL_INTERVAL.as_secs();
         self.line(
-            json!({"event": "watch_limit", "sysctl": "fs.inotify.max_user_watches", "polled": polled, "poll_interval_s": interval}),
+            json!({"event": "watch_limit", "sysctl": "fs.inotify.max_user_watches", "polled": texts(polled), "poll_interval_s": interval}),
             format!(
                 "warning: the inotify watch limit is reached (sysctl fs.inotify.max_user_watches): {} and what is below {} polled every {interval} s instead; raise the limit (sysctl -w fs.inotify.max_user_watches=524288, or on NixOS boot.kernel.sysctl.\"fs.inotify.max_user_watches\") and restart",
                 join(polled),
@@ -182,7 +182,7 @@ impl Printer {
                 what.push(format!("{kind} {p}"));
             }
             self.line(
-                json!({"event": event, "path": plan.path, "prefix": plan.prefix,
+                json!({"event": event, "path": text(&plan.path), "prefix": text(&plan.prefix),
                        "interpreter": plan.new_interpreter, "run_path": plan.new_run_path,
                        "run_path_kind": kind}),
                 format!("{verb} {}: {}", plan.path.display(), what.join(", ")),
@@ -191,7 +191,7 @@ impl Printer {
         self.problems(outcome);
         let summary = &outcome.summary;
         self.line(
-            json!({"event": "fixed", "roots": roots, "elf_files": summary.elf_files,
+            json!({"event": "fixed", "roots": texts(roots), "elf_files": summary.elf_files,
                    "patched": summary.patched, "errors": summary.errors,
                    "elapsed_ms": elapsed.as_millis() as u64}),
             format!(
@@ -205,8 +205,11 @@ impl Printer {
         );
     }
 
+    /// Errors and unresolved libraries, told once each. A file removed meanwhile (an installer
+    /// replacing it) is no error: its replacement has events of its own.
     fn problems(&mut self, outcome: &FixOutcome) {
-        for r in &outcome.files {
+        let exists = |p: &Path| p.symlink_metadata().is_ok();
+        for r in outcome.files.iter().filter(|r| exists(&r.plan.path)) {
             let path = &r.plan.path;
             let message = match (&r.error, &r.plan.action) {
                 (Some(e), _) => Some(e.clone()),
@@ -215,26 +218,26 @@ impl Printer {
             };
             if let Some(message) = message {
                 self.once(
-                    json!({"event": "error", "path": path, "message": message}),
+                    json!({"event": "error", "path": text(path), "message": message}),
                     format!("error: {message}"),
                 );
             }
             for problem in &r.load_problems {
                 self.once(
-                    json!({"event": "not_loading", "path": path, "message": problem.message}),
+                    json!({"event": "not_loading", "path": text(path), "message": problem.message}),
                     format!("does not load: {}: {}", path.display(), problem.message),
                 );
             }
         }
-        for (path, why) in &outcome.scan_errors {
+        for (path, why) in outcome.scan_errors.iter().filter(|(p, _)| exists(p)) {
             self.once(
-                json!({"event": "error", "path": path, "message": why}),
+                json!({"event": "error", "path": text(path), "message": why}),
                 format!("error: {}: {why}", path.display()),
             );
         }
         for (soname, files) in &outcome.unresolved {
             self.once(
-                json!({"event": "unresolved", "soname": soname, "files": files}),
+                json!({"event": "unresolved", "soname": soname, "files": texts(files)}),
                 format!(
                     "unresolved: {soname} (needed by {}); add a --lib-dir that has it, or --ignore-missing '{soname}'",
                     join(files)
@@ -242,6 +245,15 @@ impl Printer {
             );
         }
     }
+}
+
+/// A path as JSON text; a name that is not UTF-8 is shown with replacement characters.
+fn text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn texts(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| text(p)).collect()
 }
 
 fn join(paths: &[PathBuf]) -> String {

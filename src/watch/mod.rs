@@ -145,6 +145,10 @@ impl Barrier {
         path.starts_with(self.dir.path())
     }
 
+    fn is_dir(&self, path: &Path) -> bool {
+        path == self.dir.path()
+    }
+
     /// When the barrier `path` names was sent, if it is the one awaited.
     fn arrived(&mut self, path: &Path) -> Option<SystemTime> {
         let (seq, at) = self.sent?;
@@ -286,16 +290,20 @@ impl<'a> Watch<'a> {
 
     fn next_wakeup(&self) -> Option<Instant> {
         let poll = self.tree.is_polling().then(|| self.next_poll());
-        let settle = self.dirty.then_some(self.last_change + QUIET);
+        let quiet_at = self.last_change + QUIET;
+        let settle = (self.dirty && Instant::now() < quiet_at).then_some(quiet_at);
         [self.pending.next_due(), poll, settle]
             .into_iter()
             .flatten()
             .min()
     }
 
+    /// Passes come often while files change, and before idle is reported.
     fn next_poll(&self) -> Instant {
         let gap = if self.tree.has_changing() {
             poll::SETTLE_INTERVAL
+        } else if self.dirty && !self.polled_clean {
+            poll::SETTLE_INTERVAL / 5
         } else {
             poll::INTERVAL
         };
@@ -332,10 +340,16 @@ impl<'a> Watch<'a> {
         if let Some(barrier) = &mut self.barrier
             && barrier.owns(path)
         {
+            if barrier.is_dir(path) && matches!(kind, EventKind::Remove(_)) {
+                // Someone cleaned the temporary directory up: idle goes on without a barrier.
+                self.barrier = None;
+                return;
+            }
             tracing::debug!("barrier {kind:?} {}", path.display());
+            let settled = self.pending.is_empty() && (!self.tree.is_polling() || self.polled_clean);
             if matches!(kind, EventKind::Create(_))
                 && let Some(as_of) = barrier.arrived(path)
-                && self.pending.is_empty()
+                && settled
             {
                 report(Report::Idle { as_of });
                 self.dirty = false;
@@ -380,8 +394,13 @@ impl<'a> Watch<'a> {
                 polled: &added.polled,
             });
         }
-        // What was written in it before its watch was added is found by the fix.
-        self.trigger(dir, Instant::now());
+        // What was written in it before its watch was added is looked at now; what comes
+        // later has events. An empty directory (a `__pycache__`) needs no fix.
+        let now = Instant::now();
+        for entry in &added.entries {
+            self.arrived(entry, now);
+        }
+        self.activity(dir, now);
     }
 
     /// A file is in place and its writer is done with it.
@@ -449,19 +468,14 @@ impl<'a> Watch<'a> {
         self.polled_clean = clean;
     }
 
-    /// Once nothing is pending: makes sure no change is still on its way (a poll pass, a
+    /// Once nothing is pending: makes sure no change is still on its way (a clean poll pass, a
     /// barrier through the event queue), then reports idle.
     fn settle(&mut self, report: &mut dyn FnMut(Report)) {
         if !self.dirty || !self.pending.is_empty() || self.last_change.elapsed() < QUIET {
             return;
         }
         if self.tree.is_polling() && !self.polled_clean {
-            if self.last_poll.elapsed() >= poll::SETTLE_INTERVAL / 5 {
-                self.poll();
-            }
-            if !self.polled_clean || !self.pending.is_empty() {
-                return;
-            }
+            return;
         }
         let sent = match &mut self.barrier {
             Some(barrier) if barrier.sent.is_some() => return,

@@ -17,6 +17,8 @@ pub struct Added {
     pub polled: Vec<PathBuf>,
     /// Directories that could not be watched for another reason, with why.
     pub errors: Vec<(PathBuf, String)>,
+    /// What else the watched directories held when listed.
+    pub entries: Vec<PathBuf>,
 }
 
 pub struct Tree {
@@ -68,12 +70,17 @@ impl Tree {
                 }
             }
             match fs::read_dir(&dir) {
-                Ok(entries) => stack.extend(
-                    entries
-                        .filter_map(Result::ok)
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                ),
+                Ok(entries) => {
+                    for entry in entries.filter_map(Result::ok) {
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            stack.push(entry.path());
+                        } else {
+                            added.entries.push(entry.path());
+                        }
+                    }
+                }
+                // Removed since it was watched: its removal has an event too.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => added.errors.push((dir, format!("cannot list: {e}"))),
             }
         }
