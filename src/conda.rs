@@ -466,7 +466,11 @@ fn update_record(
     };
     let mut before = Vec::new();
     for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
-        let Some(path) = entry.get("_path").and_then(Value::as_str).map(str::to_string) else {
+        let Some(path) = entry
+            .get("_path")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
             continue;
         };
         let Some(&(sha, size)) = changed.get(path.as_str()) else {
@@ -511,7 +515,10 @@ pub fn restore_record_fields(record: &Path, fields: &[RecordFields]) -> Result<b
         else {
             continue;
         };
-        for (key, value) in FIELD_KEYS.iter().zip([&old.sha256_in_prefix, &old.size_in_bytes]) {
+        for (key, value) in FIELD_KEYS
+            .iter()
+            .zip([&old.sha256_in_prefix, &old.size_in_bytes])
+        {
             modified |= match value {
                 Some(v) => set_field(entry, key, v.clone()),
                 None => entry.shift_remove(*key).is_some(),

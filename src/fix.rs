@@ -67,7 +67,28 @@ impl FixOutcome {
 
 /// Scans `roots`, plans and applies.
 pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixError> {
-    fix_scanned(scan::scan(roots), roots, options)
+    let mut scanned = scan::scan(roots);
+    let not_elf = not_elf_roots(roots, &scanned);
+    scanned.errors.extend(not_elf);
+    fix_scanned(scanned, roots, options)
+}
+
+/// The roots given as files in which the scan found nothing: FIFOs, devices, empty or other
+/// files that are not ELF. Each is an error, as the user asked for something that cannot be.
+fn not_elf_roots(roots: &[PathBuf], scanned: &ScanResult) -> Vec<(PathBuf, String)> {
+    let found = |root: &PathBuf| {
+        scanned.elf_inodes.iter().any(|i| i.names.contains(root))
+            || scanned.errors.iter().any(|(p, _)| p == root)
+    };
+    roots
+        .iter()
+        .filter(|r| fs::metadata(r).is_ok_and(|m| !m.is_dir()) && !found(r))
+        .map(|r| {
+            let why = "not an ELF file: nothing to patch; give autopatch an environment, a \
+                       directory, or a program or library";
+            (r.clone(), why.to_string())
+        })
+        .collect()
 }
 
 /// [`fix`] over a scan of `roots` that the caller made, and may have narrowed: the watcher
@@ -236,7 +257,11 @@ fn verify(files: &mut [FileResult], settings: &Settings) {
             f.load_problems = report
                 .problems
                 .into_iter()
-                .filter(|p| !p.library.as_deref().is_some_and(|l| settings.ignore_missing.is_match(l)))
+                .filter(|p| {
+                    !p.library
+                        .as_deref()
+                        .is_some_and(|l| settings.ignore_missing.is_match(l))
+                })
                 .collect();
         });
 }
@@ -384,12 +409,7 @@ pub struct Summary {
     pub bytes_written: u64,
 }
 
-fn execute(
-    plan: FilePlan,
-    dry_run: bool,
-    written: &AtomicU64,
-    journals: &Journals,
-) -> FileResult {
+fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64, journals: &Journals) -> FileResult {
     let untouched = |plan| FileResult {
         plan,
         written: None,
@@ -491,7 +511,7 @@ fn update_conda_records(
             });
             journals
                 .of(prefix)
-                .map_err(io::Error::other)?
+                .map_err(JournalError::into_source)?
                 .append(&entry)
         };
         crate::conda::update_records_logged(prefix, &refs, &mut keep_old)

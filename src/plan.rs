@@ -15,6 +15,21 @@ use crate::resolve::{FileToResolve, PrefixLib, PrefixLibs, Resolution, Resolver}
 use crate::scan::{Inode, InodeId, MappedFile, ScanResult, skip_reason};
 use crate::store::{Preferences, StoreIndex};
 
+/// Paths in JSON output: as text, with bytes that are not UTF-8 replaced (serde refuses them).
+pub mod lossy {
+    use std::path::{Path, PathBuf};
+
+    use serde::Serializer;
+
+    pub fn path<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&path.to_string_lossy())
+    }
+
+    pub fn paths<S: Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
+    }
+}
+
 /// What a file holds that planning needs, read from its headers.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileInfo {
@@ -32,8 +47,10 @@ pub struct FileInfo {
 
 impl FileInfo {
     pub fn read(path: &Path) -> Result<FileInfo, String> {
-        let file = MappedFile::open(path).map_err(|e| format!("cannot open: {e}"))?;
-        let elf = Elf::parse(file.bytes()).map_err(|e| e.to_string())?;
+        let file = MappedFile::open(path)
+            .map_err(|e| format!("cannot open: {e}; {}", crate::apply::advice(&e)))?;
+        let elf = Elf::parse(file.bytes())
+            .map_err(|e| format!("{e}; left unchanged: {}", crate::apply::elf_advice(&e)))?;
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         Ok(FileInfo {
             machine: elf.machine,
@@ -63,11 +80,14 @@ pub enum Action {
 #[derive(Debug, Clone, Serialize)]
 pub struct FilePlan {
     /// The name the file is planned under (its `$ORIGIN`).
+    #[serde(serialize_with = "lossy::path")]
     pub path: PathBuf,
     /// Every name of the inode inside the roots.
+    #[serde(serialize_with = "lossy::paths")]
     pub names: Vec<PathBuf>,
     #[serde(skip)]
     pub inode: Option<Inode>,
+    #[serde(serialize_with = "lossy::path")]
     pub prefix: PathBuf,
     #[serde(flatten)]
     pub action: Action,

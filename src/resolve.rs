@@ -116,7 +116,11 @@ pub enum Provider {
     /// Already found through a run path entry the file has.
     RunPath { entry: String },
     /// The prefix's own copy.
-    Prefix { dir: PathBuf, entry: String },
+    Prefix {
+        #[serde(serialize_with = "crate::plan::lossy::path")]
+        dir: PathBuf,
+        entry: String,
+    },
     /// The GPU driver dir of the running system.
     GpuDriver { entry: String },
     /// A `--lib-dir` or a store path.

@@ -8,15 +8,16 @@ use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use thiserror::Error;
 
 use crate::elf::{self, Edits, Elf, Rewrite};
 use crate::scan::MappedFile;
 
-/// A write that failed, naming the file and what went wrong.
+/// A write that failed, naming the file, what went wrong and what to do about it.
 #[derive(Debug, Error)]
-#[error("{path}: {action}: {source}")]
+#[error("{path}: {action}: {source}; {advice}", advice = advice(source))]
 pub struct ApplyError {
     pub path: PathBuf,
     pub action: &'static str,
@@ -31,6 +32,49 @@ impl ApplyError {
             action,
             source,
         }
+    }
+}
+
+/// What to do about an I/O error, in words for the user.
+pub fn advice(err: &io::Error) -> &'static str {
+    // tempfile wraps the system's error to add the path, keeping only its kind.
+    let code = err.raw_os_error().unwrap_or(match err.kind() {
+        io::ErrorKind::PermissionDenied => libc::EACCES,
+        io::ErrorKind::ReadOnlyFilesystem => libc::EROFS,
+        io::ErrorKind::StorageFull => libc::ENOSPC,
+        io::ErrorKind::NotFound => libc::ENOENT,
+        _ => 0,
+    });
+    match code {
+        libc::EROFS => {
+            "the filesystem is read-only: remount it read-write, or fix a writable copy instead"
+        }
+        libc::EACCES => {
+            "permission denied: run autopatch as the owner of these files, or give it read and write access"
+        }
+        libc::EPERM => {
+            "not permitted: the file may be immutable or append-only (see lsattr; chattr -i clears it) or belong to another user"
+        }
+        libc::ENOSPC | libc::EDQUOT => "the disk is full: free some space and run again",
+        libc::ENOENT => "it was removed meanwhile: run again to see the current state",
+        libc::ELOOP => {
+            "it is a symbolic link, which autopatch never follows: give the file it points to"
+        }
+        _ => "fix the cause and run autopatch again",
+    }
+}
+
+/// What to do about a file that cannot be read or edited as ELF, in words for the user.
+pub fn elf_advice(err: &crate::elf::ElfError) -> &'static str {
+    use crate::elf::ElfError;
+    match err {
+        ElfError::NotElf | ElfError::Malformed(_) => {
+            "the file is damaged or not a complete program: reinstall the package that provides it, or delete it if nothing uses it"
+        }
+        ElfError::Unsupported(_) => {
+            "autopatch cannot edit it: replace it with a build that runs on NixOS, or patch it by hand"
+        }
+        ElfError::Refused(_) => "there is nothing in it that autopatch could change",
     }
 }
 
@@ -158,14 +202,30 @@ pub struct Patched {
     pub bytes_written: u64,
 }
 
+/// An inode's new content, staged beside it and not yet renamed into place: what the undo
+/// journal records before any name is replaced.
+pub struct Staged<'a> {
+    /// The names about to receive it.
+    pub names: &'a [PathBuf],
+    /// The original content.
+    pub input: &'a [u8],
+    pub rewrite: &'a Rewrite,
+    /// The staged new content.
+    pub file: &'a File,
+    pub sha256: Option<&'a str>,
+}
+
 /// Rewrites one inode with `edits`, giving every name in `names` the new content while they
-/// keep sharing one inode; names outside `names` keep the old inode and content. `Ok(None)`
-/// when the file already is as asked. The new content is not flushed: a batch ends with
-/// [`sync_filesystems`].
+/// keep sharing one inode; names outside `names` keep the old inode and content, and so do
+/// names that no longer are links of the first one. `before_replace` is told what is about to
+/// change once the new content is staged, before any name is replaced; its failure leaves the
+/// file alone. `Ok(None)` when the file already is as asked. The new content is not flushed: a
+/// batch ends with [`sync_filesystems`].
 pub fn patch_inode(
     names: &[PathBuf],
     edits: &Edits,
     want_hash: bool,
+    before_replace: &dyn Fn(&Staged) -> io::Result<()>,
 ) -> Result<Option<Patched>, PatchError> {
     let first = &names[0];
     let input = MappedFile::open(first).map_err(|e| PatchError::io(first, "cannot open", e))?;
@@ -174,38 +234,104 @@ pub fn patch_inode(
     else {
         return Ok(None);
     };
+    let names = links_of(names, &input.meta);
     let staged = stage(first, &input.file, input.bytes(), &rewrite, &input.meta)?;
     let sha256 = want_hash
         .then(|| hash_file(staged.as_file()))
         .transpose()
         .map_err(|e| PatchError::io(first, "cannot hash the new content", e))?;
-    for other in &names[1..] {
-        link_over(staged.path(), other)?;
-    }
-    staged
-        .persist(first)
-        .map_err(|e| PatchError::io(first, "cannot rename the new content into place", e.error))?;
+    before_replace(&Staged {
+        names: &names,
+        input: input.bytes(),
+        rewrite: &rewrite,
+        file: staged.as_file(),
+        sha256: sha256.as_deref(),
+    })
+    .map_err(|e| PatchError::io(first, "cannot write the undo journal", e))?;
+    install(staged, &names)?;
     Ok(Some(Patched {
-        names: names.to_vec(),
+        names,
         len: rewrite.len,
         sha256,
         bytes_written: rewrite.bytes_written(),
     }))
 }
 
-/// Makes `name` another link of `staged`, atomically replacing what `name` was.
-fn link_over(staged: &Path, name: &Path) -> Result<(), PatchError> {
+/// Replaces the content of `names` with `rewrite` applied to the content of the first: how
+/// undo puts an original back. Afterwards they are links of one inode.
+pub fn rewrite_inode(names: &[PathBuf], rewrite: &Rewrite) -> Result<(), PatchError> {
+    let first = &names[0];
+    let input = MappedFile::open(first).map_err(|e| PatchError::io(first, "cannot open", e))?;
+    let staged = stage(first, &input.file, input.bytes(), rewrite, &input.meta)?;
+    install(staged, names)
+}
+
+/// `names[0]` and those of the other names that are still links of the same inode: a name
+/// replaced since the scan (by a concurrent installer) is not the file that was planned.
+fn links_of(names: &[PathBuf], meta: &Metadata) -> Vec<PathBuf> {
+    let same = |n: &&PathBuf| {
+        fs::symlink_metadata(n).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+    };
+    let mut kept = vec![names[0].clone()];
+    kept.extend(names[1..].iter().filter(same).cloned());
+    kept
+}
+
+/// Gives every name in `names` the staged content, as links of one inode.
+fn install(staged: tempfile::NamedTempFile, names: &[PathBuf]) -> Result<(), PatchError> {
+    for other in &names[1..] {
+        link_over(staged.path(), other)?;
+    }
+    staged.persist(&names[0]).map_err(|e| {
+        PatchError::io(
+            &names[0],
+            "cannot rename the new content into place",
+            e.error,
+        )
+    })?;
+    Ok(())
+}
+
+/// Makes `name` another link of `existing`, atomically replacing what `name` was.
+pub fn link_over(existing: &Path, name: &Path) -> Result<(), PatchError> {
     let dir = name.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".autopatch-")
-        .make_in(dir, |p| fs::hard_link(staged, p))
+        .make_in(dir, |p| fs::hard_link(existing, p))
         .map_err(|e| PatchError::io(name, "cannot link the new content beside it", e))?;
     tmp.persist(name)
         .map_err(|e| PatchError::io(name, "cannot rename the new content into place", e.error))?;
     Ok(())
 }
 
-fn hash_file(file: &File) -> io::Result<String> {
+/// Removes from `dirs` the temporary files (`.autopatch-*`) of runs killed before they could
+/// rename them; only those last changed before `before`, as newer ones may be another run's.
+/// Returns how many were removed.
+pub fn sweep_temp_files<'a>(dirs: impl IntoIterator<Item = &'a Path>, before: SystemTime) -> usize {
+    let mut removed = 0;
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let stale = entry.file_type().is_ok_and(|t| t.is_file())
+                && crate::scan::is_own_temp_file(&path)
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < before);
+            if stale && fs::remove_file(&path).is_ok() {
+                tracing::info!("removed {}, left by an interrupted run", path.display());
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// SHA-256 (hex) of the whole content of `file`.
+pub fn hash_file(file: &File) -> io::Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Seek};
     let mut file = file.try_clone()?;
@@ -229,7 +355,7 @@ fn hash_file(file: &File) -> io::Result<String> {
 /// Why an inode could not be patched.
 #[derive(Debug, Error)]
 pub enum PatchError {
-    #[error("{0}: {1}")]
+    #[error("{0}: {1}; left unchanged: {advice}", advice = elf_advice(.1))]
     Elf(PathBuf, crate::elf::ElfError),
     #[error(transparent)]
     Apply(#[from] ApplyError),

@@ -460,9 +460,61 @@ where
         slice(data, seg.offset, seg.filesz)
             .ok_or_else(|| ElfError::malformed("PT_INTERP lies outside the file"))?;
     }
+    if header.e_phnum(endian) != 0 && elf.segments.is_empty() {
+        return Err(ElfError::malformed(
+            "e_phnum is 65535 (PN_XNUM) but section 0 gives no program header count",
+        ));
+    }
+    check_segments(&elf.segments)?;
     elf.dynamic = read_dynamic(&elf)?;
     elf.strtab = read_strtab(&elf)?;
+    check_strings(&elf)?;
     Ok(elf)
+}
+
+/// Loadable segments must not overlap, and the dynamic section must be loaded: the loader
+/// would map one segment over another, or read the dynamic section from nowhere.
+fn check_segments(segments: &[Segment]) -> Result<(), ElfError> {
+    let mut loads: Vec<&Segment> = segments.iter().filter(|s| s.is_load()).collect();
+    loads.sort_by_key(|s| s.vaddr);
+    if let Some(pair) = loads.windows(2).find(|p| p[0].vaddr_end() > p[1].vaddr) {
+        return Err(ElfError::malformed(format!(
+            "loadable segments overlap at address {:#x}",
+            pair[1].vaddr
+        )));
+    }
+    let Some(dynamic) = segments.iter().find(|s| s.p_type == PT_DYNAMIC) else {
+        return Ok(());
+    };
+    let loaded = loads.iter().any(|l| {
+        dynamic.vaddr >= l.vaddr
+            && dynamic.vaddr.saturating_add(dynamic.filesz) <= l.vaddr.saturating_add(l.filesz)
+            && dynamic.offset.wrapping_sub(l.offset) == dynamic.vaddr - l.vaddr
+    });
+    if !loaded {
+        return Err(ElfError::malformed(
+            "the dynamic section (PT_DYNAMIC) lies outside every loadable segment",
+        ));
+    }
+    Ok(())
+}
+
+/// Every string the dynamic section names must lie inside the string table.
+fn check_strings(elf: &Elf) -> Result<(), ElfError> {
+    let Some(strtab) = &elf.strtab else {
+        return Ok(());
+    };
+    let outside = elf
+        .dynamic_entries()
+        .iter()
+        .find(|e| STRING_TAGS.contains(&e.tag) && strtab.get(e.val).is_none());
+    match outside {
+        Some(e) => Err(ElfError::malformed(format!(
+            "dynamic entry {:#x} names a string at {:#x}, past the end of the string table",
+            e.tag, e.val
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn read_sections<'a, H>(

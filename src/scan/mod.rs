@@ -109,7 +109,13 @@ fn walk_root(root: &Path, result: &mut ScanResult, candidates: &mut Vec<(PathBuf
             Ok(e) => e,
             Err(err) => {
                 let path = err.path().unwrap_or(root).to_path_buf();
-                result.errors.push((path, format!("cannot read: {err}")));
+                let advice = err.io_error().map_or(
+                    "fix the cause and run autopatch again",
+                    crate::apply::advice,
+                );
+                result
+                    .errors
+                    .push((path, format!("cannot read: {err}; {advice}")));
                 continue;
             }
         };
@@ -123,11 +129,16 @@ fn walk_root(root: &Path, result: &mut ScanResult, candidates: &mut Vec<(PathBuf
             }
         } else if file_type.is_file() && !is_own_temp_file(path) {
             match entry.metadata() {
-                Ok(meta) if meta.len() >= 52 => candidates.push((path.to_path_buf(), meta)),
+                Ok(meta) if meta.len() >= 4 => candidates.push((path.to_path_buf(), meta)),
                 Ok(_) => {}
-                Err(err) => result
-                    .errors
-                    .push((path.to_path_buf(), format!("cannot stat: {err}"))),
+                Err(err) => {
+                    let advice = err.io_error().map_or(
+                        "fix the cause and run autopatch again",
+                        crate::apply::advice,
+                    );
+                    let why = format!("cannot stat: {err}; {advice}");
+                    result.errors.push((path.to_path_buf(), why));
+                }
             }
         }
     }
@@ -150,11 +161,11 @@ fn starts_with_elf_magic(path: &Path) -> Result<(), String> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| format!("cannot open: {e}"))?;
+        .map_err(|e| format!("cannot open: {e}; {}", crate::apply::advice(&e)))?;
     match file.read_exact(&mut magic) {
         Ok(()) if &magic == b"\x7fELF" => Ok(()),
         Ok(()) => Err(String::new()),
-        Err(e) => Err(format!("cannot read: {e}")),
+        Err(e) => Err(format!("cannot read: {e}; {}", crate::apply::advice(&e))),
     }
 }
 

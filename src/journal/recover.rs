@@ -1,0 +1,85 @@
+//! Completing what a killed run left half done, so that the next run ends where an
+//! uninterrupted one would have.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::entry::{Entry, PatchEntry};
+use super::{JournalError, Journals, has_new_form, holds, log};
+use crate::scan::MappedFile;
+
+/// What the completion of interrupted runs did in one prefix.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Names linked back to the new content of their inode.
+    pub relinked: usize,
+    /// Files an interrupted run wrote or was about to write: their conda records may be stale.
+    pub records: Vec<PathBuf>,
+}
+
+/// Completes the entries that follow the last `done` line of the journal of `prefix`: the names
+/// of an inode that did not all receive its new content before the kill are linked to it, as
+/// they would have been. The journal is opened in `journals`, so that the run's end marks them
+/// complete.
+pub fn recover(prefix: &Path, journals: &Journals) -> Result<Recovered, JournalError> {
+    let Some(entries) = log::read(prefix)? else {
+        return Ok(Recovered::default());
+    };
+    let start = entries
+        .iter()
+        .rposition(|e| matches!(e, Entry::Done))
+        .map_or(0, |i| i + 1);
+    let mut recovered = Recovered::default();
+    for entry in &entries[start..] {
+        match entry {
+            Entry::Patch(p) => {
+                recovered.relinked += relink(prefix, p);
+                recovered
+                    .records
+                    .extend(p.names.iter().map(|n| n.under(prefix)));
+            }
+            Entry::Records(r) => recovered
+                .records
+                .extend(r.fields.iter().map(|f| prefix.join(&f.path))),
+            Entry::Done => {}
+        }
+    }
+    if start < entries.len() {
+        journals.of(prefix)?;
+    }
+    recovered.records.sort();
+    recovered.records.dedup();
+    Ok(recovered)
+}
+
+/// Links each name of `entry` that still holds the original content to the name that holds the
+/// new one. Returns how many were linked.
+fn relink(prefix: &Path, entry: &PatchEntry) -> usize {
+    let names: Vec<PathBuf> = entry.names.iter().map(|n| n.under(prefix)).collect();
+    let Some(new) = names
+        .iter()
+        .find(|n| has_new_form(n, &entry.new).unwrap_or(false))
+    else {
+        return 0;
+    };
+    let Ok(new_file) = MappedFile::open(new) else {
+        return 0;
+    };
+    let original = entry.original.rewrite();
+    let mut relinked = 0;
+    for name in &names {
+        let same_inode = std::fs::symlink_metadata(name)
+            .is_ok_and(|m| m.dev() == new_file.meta.dev() && m.ino() == new_file.meta.ino());
+        if same_inode || !holds(name, new_file.bytes(), &original) {
+            continue;
+        }
+        match crate::apply::link_over(new, name) {
+            Ok(()) => {
+                tracing::info!("{}: completed the interrupted rewrite", name.display());
+                relinked += 1;
+            }
+            Err(e) => tracing::warn!("cannot complete an interrupted rewrite: {e}"),
+        }
+    }
+    relinked
+}
