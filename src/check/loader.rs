@@ -42,6 +42,9 @@ pub struct LoaderConfig {
     pub default_dirs: DefaultDirs,
     /// The Nix store, for recognising a Nix glibc's interpreter.
     pub store_dir: PathBuf,
+    /// The loader for files without `PT_INTERP` (libraries), when `interpreter` does not say:
+    /// on NixOS that is the loader programs get, not a distribution's `/lib64` one.
+    pub library_interpreter: Option<PathBuf>,
 }
 
 impl Default for LoaderConfig {
@@ -51,6 +54,7 @@ impl Default for LoaderConfig {
             env_ld_library_path: None,
             default_dirs: DefaultDirs::Auto,
             store_dir: PathBuf::from("/nix/store"),
+            library_interpreter: None,
         }
     }
 }
@@ -180,11 +184,14 @@ impl<'h> Loader<'h> {
             .clone()
             .or_else(|| main.interpreter.clone());
         // A library has no interpreter of its own; `ld.so --list lib.so` runs the system's.
-        let interpreter = named.clone().or_else(|| {
-            host::conventional_interpreter(main.machine, main.class)
-                .filter(|p| p.exists())
-                .map(Path::to_path_buf)
-        });
+        let interpreter = named
+            .clone()
+            .or_else(|| self.config.library_interpreter.clone())
+            .or_else(|| {
+                host::conventional_interpreter(main.machine, main.class)
+                    .filter(|p| p.exists())
+                    .map(Path::to_path_buf)
+            });
         let rtld = match &interpreter {
             Some(path) => self
                 .interpreter_object(path, main)

@@ -48,12 +48,23 @@ struct JsonOutput<'a> {
 }
 
 /// Checks the files; `Ok(false)` when any has a problem.
+/// The loader libraries are checked with: the one `fix` would give programs, when the store
+/// has one.
+fn library_interpreter(store: &std::path::Path) -> Option<std::path::PathBuf> {
+    let index = store
+        .is_dir()
+        .then(|| crate::store::StoreIndex::open(store, &crate::config::cache_dir(None)).ok())
+        .flatten();
+    crate::fix::discover_interpreter(index.as_ref())
+}
+
 pub fn run(args: &CheckArgs) -> Result<bool> {
     let config = LoaderConfig {
         interpreter: args.interpreter.clone(),
         env_ld_library_path: args.env.then(ld_library_path).flatten(),
         default_dirs: DefaultDirs::Auto,
         store_dir: args.store.clone(),
+        library_interpreter: library_interpreter(&args.store),
     };
     let prefixes = args.paths.iter().filter(|p| p.is_dir()).cloned().collect();
     let hints = DirHints::new(Some(args.store.clone()), prefixes);
