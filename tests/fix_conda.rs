@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{elf_files, is_dynamic_elf};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -43,25 +45,6 @@ fn fix(cache: &Path, extra: &[&str], paths: &[&Path]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn elf_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
-        let entry = entry.unwrap();
-        if entry.file_type().is_file() && is_dynamic_elf(entry.path()) {
-            files.push(entry.path().to_path_buf());
-        }
-    }
-    files.sort();
-    files
-}
-
-fn is_dynamic_elf(path: &Path) -> bool {
-    let Ok(bytes) = fs::read(path) else {
-        return false;
-    };
-    autopatch::elf::Elf::parse(&bytes).is_ok_and(|e| e.is_loadable() && !e.is_static())
 }
 
 /// A C++ program with no run path, placed in the env: it must be pointed at the env's own

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{elf_files, run_ok};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -45,20 +47,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Runs a host command, panicking with its output when it fails.
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        text(&out)
-    );
-    out
 }
 
 /// pip, quiet and without looking for newer versions of itself.
@@ -146,25 +134,6 @@ fn shared_object(dir: &Path, stem: &str) -> PathBuf {
             name.starts_with(stem) && (name.ends_with(".so") || name.contains(".so."))
         })
         .unwrap_or_else(|| panic!("no {stem}*.so in {}", dir.display()))
-}
-
-fn elf_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
-        let entry = entry.unwrap();
-        if entry.file_type().is_file() && is_dynamic_elf(entry.path()) {
-            files.push(entry.path().to_path_buf());
-        }
-    }
-    files.sort();
-    files
-}
-
-fn is_dynamic_elf(path: &Path) -> bool {
-    let Ok(bytes) = fs::read(path) else {
-        return false;
-    };
-    autopatch::elf::Elf::parse(&bytes).is_ok_and(|e| e.is_loadable() && !e.is_static())
 }
 
 /// `path` with `..` applied, as the loader reports `$ORIGIN/../x` unnormalised.

@@ -644,3 +644,44 @@ fn build_conda_env(specs: &[&str]) -> Result<CondaEnv, String> {
         .map_err(|e| format!("writing marker in {}: {e}", root.display()))?;
     Ok(env)
 }
+
+// ---------------------------------------------------------------------------
+// Small helpers shared by the integration tests
+// ---------------------------------------------------------------------------
+
+/// Every dynamically linked executable or shared object under `dir` (symlinks not followed),
+/// sorted.
+pub fn elf_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() && is_dynamic_elf(entry.path()) {
+            files.push(entry.path().to_path_buf());
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Whether `path` is an executable or shared object the loader has work for.
+pub fn is_dynamic_elf(path: &Path) -> bool {
+    let Ok(bytes) = fs::read(path) else {
+        return false;
+    };
+    autopatch::elf::Elf::parse(&bytes).is_ok_and(|e| e.is_loadable() && !e.is_static())
+}
+
+/// Runs a host command, panicking with its status and output when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: status {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
