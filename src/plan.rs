@@ -420,45 +420,13 @@ fn prefix_libraries(
     facts: &DirFacts,
 ) -> HashMap<PathBuf, PrefixLibs> {
     let mut libs: HashMap<PathBuf, PrefixLibs> = HashMap::new();
-    let mut add = |name: &Path, info: &FileInfo, owner_path: &Path| {
-        if info.e_type != ET_DYN {
-            return;
-        }
+    for (name, info) in library_names(scan, &|id| by_inode.get(&id).copied()) {
         let root = facts.prefix_of(name);
-        let Some(prefix) = prefixes.get(&root) else {
-            return;
-        };
-        let (Some(dir), Some(file_name)) = (name.parent(), name.file_name()) else {
-            return;
-        };
-        let lib = PrefixLib {
-            dir: dir.to_path_buf(),
-            machine: info.machine,
-            class: info.class,
-            owner: prefix.owner_of(owner_path),
-        };
-        libs.entry(root.clone())
-            .or_insert_with(|| PrefixLibs::new(root))
-            .add(file_name.to_string_lossy().into_owned(), lib);
-    };
-    for inode in &scan.elf_inodes {
-        if let Some(info) = by_inode.get(&inode.id) {
-            for name in &inode.names {
-                add(name, info, name);
-            }
-        }
-    }
-    for (link, target) in &scan.symlinks {
-        let Ok(meta) = std::fs::metadata(target) else {
-            continue;
-        };
-        use std::os::unix::fs::MetadataExt;
-        let id = InodeId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
-        if let Some(info) = by_inode.get(&id) {
-            add(link, info, link);
+        if let Some(prefix) = prefixes.get(&root) {
+            let entry = libs
+                .entry(root.clone())
+                .or_insert_with(|| PrefixLibs::new(root));
+            add_library(entry, name, info, prefix);
         }
     }
     for (root, prefix) in prefixes {
@@ -472,46 +440,62 @@ fn prefix_libraries(
 /// A prefix given only in part (single files, a subdirectory) still provides all its
 /// libraries: the rest of it is read for them, without nested environments or package caches.
 fn add_rest_of_prefix(root: &Path, prefix: &Prefix, libs: &mut HashMap<PathBuf, PrefixLibs>) {
-    let rest = crate::scan::scan(std::slice::from_ref(&root.to_path_buf()));
-    let rest_facts = DirFacts::of_scan(std::slice::from_ref(&root.to_path_buf()), &rest);
+    let roots = [root.to_path_buf()];
+    let rest = crate::scan::scan(&roots);
+    let rest_facts = DirFacts::of_scan(&roots, &rest);
     let infos: HashMap<InodeId, FileInfo> = rest
         .elf_inodes
         .par_iter()
         .filter_map(|i| Some((i.id, FileInfo::read(&i.names[0]).ok()?)))
-        .filter(|(_, info)| info.e_type == ET_DYN)
         .collect();
-    let own =
-        |name: &Path| rest_facts.prefix_of(name) == root && !rest_facts.in_package_cache(name);
-    let mut found: Vec<(&Path, &FileInfo)> = Vec::new();
-    for inode in &rest.elf_inodes {
-        if let Some(info) = infos.get(&inode.id) {
-            found.extend(inode.names.iter().map(|n| (n.as_path(), info)));
-        }
-    }
-    for (link, target) in &rest.symlinks {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(meta) = std::fs::metadata(target)
-            && let Some(info) = infos.get(&InodeId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            })
-        {
-            found.push((link.as_path(), info));
-        }
-    }
     let entry = libs
         .entry(root.to_path_buf())
         .or_insert_with(|| PrefixLibs::new(root.to_path_buf()));
-    for (name, info) in found.into_iter().filter(|(n, _)| own(n)) {
-        let (Some(dir), Some(file_name)) = (name.parent(), name.file_name()) else {
-            continue;
-        };
-        let lib = PrefixLib {
-            dir: dir.to_path_buf(),
-            machine: info.machine,
-            class: info.class,
-            owner: prefix.owner_of(name),
-        };
-        entry.add(file_name.to_string_lossy().into_owned(), lib);
+    for (name, info) in library_names(&rest, &|id| infos.get(&id)) {
+        if rest_facts.prefix_of(name) == root && !rest_facts.in_package_cache(name) {
+            add_library(entry, name, info, prefix);
+        }
     }
+}
+
+/// Every name `scan` found a file under, with what the file is: its own names and the symlinks
+/// to it.
+fn library_names<'s, 'i>(
+    scan: &'s ScanResult,
+    info_of: &dyn Fn(InodeId) -> Option<&'i FileInfo>,
+) -> Vec<(&'s Path, &'i FileInfo)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    for inode in &scan.elf_inodes {
+        if let Some(info) = info_of(inode.id) {
+            found.extend(inode.names.iter().map(|n| (n.as_path(), info)));
+        }
+    }
+    for (link, target) in &scan.symlinks {
+        let id = std::fs::metadata(target).ok().map(|meta| InodeId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        });
+        if let Some(info) = id.and_then(info_of) {
+            found.push((link.as_path(), info));
+        }
+    }
+    found
+}
+
+/// Records that the loader finds a shared library by `name`'s file name in its directory.
+fn add_library(libs: &mut PrefixLibs, name: &Path, info: &FileInfo, prefix: &Prefix) {
+    let (Some(dir), Some(file_name)) = (name.parent(), name.file_name()) else {
+        return;
+    };
+    if info.e_type != ET_DYN {
+        return;
+    }
+    let lib = PrefixLib {
+        dir: dir.to_path_buf(),
+        machine: info.machine,
+        class: info.class,
+        owner: prefix.owner_of(name),
+    };
+    libs.add(file_name.to_string_lossy().into_owned(), lib);
 }
