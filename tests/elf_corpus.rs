@@ -111,6 +111,10 @@ fn long_run_path(original: Option<&[u8]>, extra: &[&Path]) -> Vec<u8> {
     parts.join(&b':')
 }
 
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", path.display()))
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -139,7 +143,7 @@ fn patch(src: &Path, out: &Path, interp: &Path, extra: &[&Path]) -> Result<Patch
     let rewrite = plan(&elf, &edits)
         .map_err(|e| format!("plan: {e}"))?
         .ok_or("plan: nothing to change")?;
-    let tmp = out.with_extension("autopatch-tmp");
+    let tmp = suffixed(out, "autopatch-tmp");
     fs::write(&tmp, rewrite.apply(&bytes)).unwrap();
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
     fs::rename(&tmp, out).unwrap();
@@ -215,7 +219,7 @@ fn strip(original: &Path, patched: &Patched, out: &Path) -> Result<(), String> {
     };
     let (ok, warnings) = run(&patched.path, out);
     if !ok || !warnings.is_empty() {
-        let (ok_before, before) = run(original, &out.with_extension("original-stripped"));
+        let (ok_before, before) = run(original, &suffixed(out, "original"));
         let new: Vec<&String> = warnings.iter().filter(|w| !before.contains(w)).collect();
         if ok != ok_before || !new.is_empty() {
             return Err(format!("strip: success {ok}, warnings {warnings:?}"));
@@ -317,18 +321,18 @@ fn host_files_load_after_long_edits() {
     );
 }
 
-/// Lists `file` inside the root: every library resolves, from `prefix` or the store, and the
-/// loader names the new interpreter.
+/// Lists `file` inside the root with `prefixes` bound: every library resolves, from a prefix or
+/// the store, and the loader names the new interpreter.
 fn check_conda_listing(
     root: &common::NixRoot,
-    prefix: &Path,
+    prefixes: &[&Path],
     file: &Path,
     interp: Option<&str>,
     ld: &Path,
 ) -> Result<(), String> {
     let out = root
         .command(
-            &[prefix],
+            prefixes,
             &[],
             &[ld.as_os_str(), "--list".as_ref(), file.as_os_str()],
         )
@@ -337,7 +341,7 @@ fn check_conda_listing(
     let (ok, listed, err) = listing(&out);
     let from_outside = listed.iter().find(|l| match l.split_once(" => ") {
         Some((_, at)) => {
-            !(at.starts_with(prefix.to_str().unwrap())
+            !(prefixes.iter().any(|p| Path::new(at).starts_with(p))
                 || at.starts_with("/nix/store/")
                 || at.starts_with(common::DEFAULT_LIB_DIR))
         }
@@ -353,32 +357,39 @@ fn check_conda_listing(
     Ok(())
 }
 
-fn check_conda_file(
+/// Patches the conda file `file` in place, keeping its original in `pristine`.
+fn patch_conda_file(
     root: &common::NixRoot,
-    prefix: &Path,
     file: &Path,
     ld: &Path,
     pristine: &Path,
-) -> Result<(), String> {
-    let needs_x11 = {
-        let bytes = fs::read(file).unwrap();
-        let elf = Elf::parse(&bytes).map_err(|e| e.to_string())?;
-        elf.needed().contains(&&b"libX11.so.6"[..])
-    };
+) -> Result<(PathBuf, Patched), String> {
+    let bytes = fs::read(file).unwrap();
+    let elf = Elf::parse(&bytes).map_err(|e| e.to_string())?;
     let mut extra = vec![root.glibc_lib.as_path()];
-    if needs_x11 {
+    if elf.needed().contains(&&b"libX11.so.6"[..]) {
         extra.push(root.x11_lib.as_path());
     }
+    fs::create_dir(pristine).unwrap();
     let original = pristine.join(file.file_name().unwrap());
     fs::copy(file, &original).unwrap();
-    let patched = patch(&original, file, ld, &extra)?;
-    check_values(file, &patched)?;
-    check_readelf(&original, &patched)?;
+    Ok((original.clone(), patch(&original, file, ld, &extra)?))
+}
+
+fn check_conda_file(
+    root: &common::NixRoot,
+    prefixes: &[&Path],
+    original: &Path,
+    patched: &Patched,
+    ld: &Path,
+) -> Result<(), String> {
+    check_values(&patched.path, patched)?;
+    check_readelf(original, patched)?;
     let interp = patched.interp.as_deref();
-    check_conda_listing(root, prefix, file, interp, ld)?;
-    let stripped = file.with_extension("stripped");
-    strip(&original, &patched, &stripped)?;
-    check_conda_listing(root, prefix, &stripped, interp, ld)
+    check_conda_listing(root, prefixes, &patched.path, interp, ld)?;
+    let stripped = suffixed(&patched.path, "stripped");
+    strip(original, patched, &stripped)?;
+    check_conda_listing(root, prefixes, &stripped, interp, ld)
 }
 
 #[test]
@@ -395,16 +406,25 @@ fn conda_files_load_in_the_nixos_root_after_long_edits() {
     let ld = long_loader(tmp.path(), &root.ld);
     let files = loadable_elf_files(&[&copy.prefix]);
     assert!(files.len() > 40, "only {} conda ELF files", files.len());
+    // Every file is patched before any is loaded, as a whole environment would be.
     let pristine = tempfile::tempdir().unwrap();
-    let failures: Vec<String> = files
+    let patched: Vec<Result<(PathBuf, Patched), String>> = files
         .par_iter()
         .enumerate()
-        .filter_map(|(i, f)| {
-            let keep = pristine.path().join(i.to_string());
-            fs::create_dir(&keep).unwrap();
-            check_conda_file(&root, tmp.path(), f, &ld, &keep)
-                .err()
-                .map(|e| format!("{}: {e}", f.display()))
+        .map(|(i, f)| patch_conda_file(&root, f, &ld, &pristine.path().join(i.to_string())))
+        .collect();
+    // Some run paths name the prefix the environment was installed at, which stays visible
+    // (read-only use) beside the patched copy.
+    let prefixes = [tmp.path(), env.root.as_path()];
+    let failures: Vec<String> = files
+        .par_iter()
+        .zip(&patched)
+        .filter_map(|(f, p)| {
+            let checked = match p {
+                Ok((original, p)) => check_conda_file(&root, &prefixes, original, p, &ld),
+                Err(e) => Err(e.clone()),
+            };
+            checked.err().map(|e| format!("{}: {e}", f.display()))
         })
         .collect();
     println!(

@@ -183,7 +183,7 @@ fn compare(path: &Path, index: usize) -> (Vec<String>, usize) {
     for q in Query::ALL {
         let ours = library_print_file(&bytes, q);
         let theirs = patchelf_print(path, q);
-        if index % CLI_SAMPLE == 0 {
+        if index.is_multiple_of(CLI_SAMPLE) {
             let cli = cli_print(path, q);
             let agrees = match (&cli, &ours) {
                 (Ok(a), Ok(b)) => a == b,

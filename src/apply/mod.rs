@@ -115,7 +115,7 @@ pub fn stage(
         })?;
     materialize(src, data, tmp.as_file(), rewrite)
         .map_err(|e| ApplyError::new(target, "cannot write the new content", e))?;
-    copy_metadata(target, meta, tmp.as_file())?;
+    copy_metadata(target, meta, src, tmp.as_file())?;
     Ok(tmp)
 }
 
@@ -137,8 +137,9 @@ pub fn replace(
     Ok(())
 }
 
-/// Gives `dst` the permission bits, owner and extended attributes of the file `meta` describes.
-fn copy_metadata(target: &Path, meta: &Metadata, dst: &File) -> Result<(), ApplyError> {
+/// Gives `dst` the permission bits, owner and extended attributes of `src`, which `meta`
+/// describes.
+fn copy_metadata(target: &Path, meta: &Metadata, src: &File, dst: &File) -> Result<(), ApplyError> {
     // Owner first: changing it clears setuid bits, which the mode below restores.
     if let Err(e) = std::os::unix::fs::fchown(dst, Some(meta.uid()), Some(meta.gid()))
         && e.kind() != io::ErrorKind::PermissionDenied
@@ -147,12 +148,14 @@ fn copy_metadata(target: &Path, meta: &Metadata, dst: &File) -> Result<(), Apply
     }
     dst.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(|e| ApplyError::new(target, "cannot keep the permission bits", e))?;
-    copy_xattrs(target, dst)
+    copy_xattrs(target, src, dst)
 }
 
-fn copy_xattrs(target: &Path, dst: &File) -> Result<(), ApplyError> {
+/// Copies the extended attributes through the open input, which is also right when the
+/// output is a new file (`--output`).
+fn copy_xattrs(target: &Path, src: &File, dst: &File) -> Result<(), ApplyError> {
     use xattr::FileExt as _;
-    let names = match xattr::list(target) {
+    let names = match src.list_xattr() {
         Ok(names) => names,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
         Err(e) => {
@@ -164,7 +167,8 @@ fn copy_xattrs(target: &Path, dst: &File) -> Result<(), ApplyError> {
         }
     };
     for name in names {
-        if let Some(value) = xattr::get(target, &name)
+        if let Some(value) = src
+            .get_xattr(&name)
             .map_err(|e| ApplyError::new(target, "cannot read an extended attribute", e))?
         {
             dst.set_xattr(&name, &value)

@@ -3,12 +3,15 @@
 
 use super::error::ElfError;
 use super::read::{
-    DT_NEEDED, DT_NULL, DT_RPATH, DT_RUNPATH, DT_SONAME, DT_STRSZ, DT_STRTAB, DynEntry, Elf,
+    Class, DT_NEEDED, DT_NULL, DT_RPATH, DT_RUNPATH, DT_SONAME, DT_STRSZ, DT_STRTAB, DynEntry, Elf,
     RunPathKind, STRING_TAGS,
 };
 use super::region::{self, Growth};
 use super::rewrite::{Rewrite, Write};
 use super::strings::{self, Request};
+
+const SHT_NOBITS: u32 = 8;
+const SHF_ALLOC: u64 = 2;
 
 /// A change to the run path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +134,27 @@ pub fn plan(elf: &Elf, edits: &Edits) -> Result<Option<Rewrite>, ElfError> {
 }
 
 fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
+    // The loader refuses such segments too; moving or growing around them would go wrong.
+    if elf.load_segments().any(|s| s.filesz > s.memsz) {
+        return Err(ElfError::malformed(
+            "a PT_LOAD holds more file bytes than memory",
+        ));
+    }
+    let len = elf.data.len() as u64;
+    let past_end = elf.segments.iter().any(|s| s.offset + s.filesz > len)
+        || elf.sections.iter().any(|s| {
+            s.flags & SHF_ALLOC != 0 && s.sh_type != SHT_NOBITS && s.offset + s.size > len
+        });
+    if past_end {
+        return Err(ElfError::malformed(
+            "a segment or loaded section runs past the end of the file",
+        ));
+    }
+    if structures_overlap(elf) {
+        return Err(ElfError::malformed(
+            "the headers, interpreter, dynamic section or string table overlap",
+        ));
+    }
     if edits.interpreter.is_some() && elf.interp_segment().is_none() {
         return Err(ElfError::Refused(
             "has no interpreter to set (a shared library or a static executable)".into(),
@@ -147,6 +171,39 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
         ));
     }
     Ok(())
+}
+
+/// Whether the ranges an edit may write in place overlap, as in no well-formed file: writing
+/// one would clobber another.
+fn structures_overlap(elf: &Elf) -> bool {
+    let c = elf.codec();
+    let ehdr = match elf.class {
+        Class::Elf32 => 52,
+        Class::Elf64 => 64,
+    };
+    let mut ranges = vec![
+        (0, ehdr),
+        (elf.phoff, (elf.segments.len() * c.phdr_size()) as u64),
+    ];
+    ranges.extend(elf.interp_segment().map(|s| (s.offset, s.filesz)));
+    ranges.extend(
+        elf.dynamic
+            .as_ref()
+            .map(|d| (d.offset, (d.capacity * c.dyn_size()) as u64)),
+    );
+    ranges.extend(
+        elf.strtab
+            .as_ref()
+            .map(|t| (t.offset, t.bytes.len() as u64)),
+    );
+    ranges.retain(|r| r.1 > 0);
+    let meet = |a: (u64, u64), b: (u64, u64)| {
+        a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
+    };
+    ranges
+        .iter()
+        .enumerate()
+        .any(|(i, &a)| ranges[i + 1..].iter().any(|&b| meet(a, b)))
 }
 
 /// The dynamic entries as the edit wants them, strings not yet placed.

@@ -441,6 +441,19 @@ where
         })
         .collect();
     let sections = read_sections(header, endian, data)?;
+    // Ranges are added up everywhere; one that wraps around the address space is broken.
+    let wraps = |at: u64, len: u64| at.checked_add(len).is_none();
+    if segments
+        .iter()
+        .any(|s| wraps(s.offset, s.filesz) || wraps(s.vaddr, s.memsz))
+        || sections
+            .iter()
+            .any(|s| wraps(s.offset, s.size) || wraps(s.addr, s.size))
+    {
+        return Err(ElfError::malformed(
+            "a segment or section wraps around the address space",
+        ));
+    }
     let mut elf = Elf {
         data,
         class,

@@ -27,6 +27,7 @@ const SPARE_DYNAMIC_SLOTS: usize = 4;
 const SHT_PROGBITS: u32 = 1;
 const SHT_STRTAB: u32 = 3;
 const SHT_DYNAMIC: u32 = 6;
+const SHT_NOTE: u32 = 7;
 const SHT_NOBITS: u32 = 8;
 const SHF_ALLOC: u64 = 2;
 const PT_NOTE: u32 = 4;
@@ -86,12 +87,18 @@ pub(crate) fn find(elf: &Elf) -> Option<GrowthRegion> {
         return None;
     }
     let word = |at: usize| u64::from_le_bytes(marker[at..at + 8].try_into().unwrap_or_default());
+    let end = seg.offset + seg.filesz;
+    let blocks = (marker_at + MARKER_LEN, word(24));
+    // A marker whose moved blocks do not fit in the region is not one this editor wrote.
+    if blocks.0.checked_add(blocks.1)? > end {
+        return None;
+    }
     Some(GrowthRegion {
         segment,
         offset: seg.offset,
-        end: seg.offset + seg.filesz,
+        end,
         base_strsz: word(16),
-        blocks: (marker_at + MARKER_LEN, word(24)),
+        blocks,
         table_inside,
     })
 }
@@ -403,9 +410,15 @@ fn room_after_table(elf: &Elf) -> Option<TablePlace> {
     }
     let mut moved = Vec::new();
     let (mut moves_interp, mut moves_strtab) = (false, false);
+    let mut end = table_end;
     for item in contents_after(elf, table_end) {
+        // Content overlapping the table or other content leaves no layout to trust.
+        if item.offset < end {
+            return None;
+        }
+        end = item.offset + item.len;
         if item.offset >= need_end {
-            break;
+            continue;
         }
         match item.kind {
             Content::Fixed => return None,
@@ -471,7 +484,8 @@ fn contents_after(elf: &Elf, from: u64) -> Vec<Item> {
         items.push(Item {
             offset: note.offset,
             len: note.filesz,
-            kind: Content::Movable(note.align.max(4)),
+            // Notes are 4- or 8-aligned; a larger p_align is not one to keep.
+            kind: Content::Movable(note.align.clamp(4, 64)),
         });
     }
     for s in elf
@@ -479,9 +493,10 @@ fn contents_after(elf: &Elf, from: u64) -> Vec<Item> {
         .iter()
         .filter(|s| s.flags & SHF_ALLOC != 0 && s.sh_type != SHT_NOBITS)
     {
-        let in_note = notes
-            .iter()
-            .any(|n| s.offset >= n.offset && s.offset + s.size <= n.offset + n.filesz);
+        let in_note = s.sh_type == SHT_NOTE
+            && notes
+                .iter()
+                .any(|n| s.offset >= n.offset && s.offset + s.size <= n.offset + n.filesz);
         if !in_note && s.size > 0 {
             items.push(Item {
                 offset: s.offset,
@@ -490,14 +505,25 @@ fn contents_after(elf: &Elf, from: u64) -> Vec<Item> {
             });
         }
     }
-    if elf.sections.is_empty() {
-        if let Some(seg) = elf.interp_segment() {
-            items.push(Item {
-                offset: seg.offset,
-                len: seg.filesz,
-                kind: Content::Interp,
-            });
+    // What the loader reads, where no section header says what lies there: headers can lie.
+    let dyn_size = elf.codec().dyn_size() as u64;
+    let loader_items = [
+        elf.interp_segment()
+            .map(|s| (s.offset, s.filesz, Content::Interp)),
+        elf.dynamic
+            .as_ref()
+            .map(|d| (d.offset, d.capacity as u64 * dyn_size, Content::Fixed)),
+        elf.strtab
+            .as_ref()
+            .filter(|_| !elf.sections.is_empty())
+            .map(|t| (t.offset, t.bytes.len() as u64, Content::StrTab)),
+    ];
+    for (offset, len, kind) in loader_items.into_iter().flatten() {
+        if !items.iter().any(|i| i.offset == offset) {
+            items.push(Item { offset, len, kind });
         }
+    }
+    if elf.sections.is_empty() {
         // Without section headers a table's size is unknown, so none of them can move.
         for &offset in table_offsets.iter().chain(strtab_at.iter()) {
             items.push(Item {
@@ -568,7 +594,7 @@ impl Relocation {
     fn by_offset(&self, offset: u64, len: u64) -> Option<(i128, i128)> {
         self.moves
             .iter()
-            .find(|m| offset >= m.0 && offset + len <= m.0 + m.1 && m.1 > 0)
+            .find(|m| offset >= m.0 && offset.saturating_add(len) <= m.0 + m.1 && m.1 > 0)
             .map(|m| (m.3, m.4))
     }
 

@@ -3,7 +3,7 @@
 
 mod mapped;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -38,8 +38,8 @@ pub struct Inode {
 pub struct ScanResult {
     /// Regular files that start with the ELF magic, by inode.
     pub elf_inodes: Vec<Inode>,
-    /// Symlinks inside the roots whose target is also inside (their names matter to the
-    /// loader's search), as (link, target).
+    /// Symlinks inside the roots to ELF files the scan found (their names matter to the loader's
+    /// search), as (link, target).
     pub symlinks: Vec<(PathBuf, PathBuf)>,
     /// Entries that could not be read, with why.
     pub errors: Vec<(PathBuf, String)>,
@@ -51,8 +51,9 @@ pub struct ScanResult {
 pub fn scan(roots: &[PathBuf]) -> ScanResult {
     let mut result = ScanResult::default();
     let mut candidates = Vec::new();
+    let mut links = Vec::new();
     for root in roots {
-        walk_root(root, &mut result, &mut candidates);
+        walk_root(root, &mut result, &mut candidates, &mut links);
     }
     let elf_flags: Vec<Option<String>> = candidates
         .par_iter()
@@ -90,6 +91,7 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
     result
         .elf_inodes
         .sort_by(|a, b| a.names[0].cmp(&b.names[0]));
+    result.symlinks = links_to_elf_files(links, &result.elf_inodes);
     let canonical_roots: Vec<PathBuf> = roots
         .iter()
         .filter_map(|r| fs::canonicalize(r).ok())
@@ -102,7 +104,12 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
     result
 }
 
-fn walk_root(root: &Path, result: &mut ScanResult, candidates: &mut Vec<(PathBuf, fs::Metadata)>) {
+fn walk_root(
+    root: &Path,
+    result: &mut ScanResult,
+    candidates: &mut Vec<(PathBuf, fs::Metadata)>,
+    links: &mut Vec<PathBuf>,
+) {
     for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
         result.entries += 1;
         let entry = match entry {
@@ -122,11 +129,7 @@ fn walk_root(root: &Path, result: &mut ScanResult, candidates: &mut Vec<(PathBuf
         let path = entry.path();
         let file_type = entry.file_type();
         if file_type.is_symlink() {
-            if let Ok(target) = fs::canonicalize(path)
-                && target.is_file()
-            {
-                result.symlinks.push((path.to_path_buf(), target));
-            }
+            links.push(path.to_path_buf());
         } else if file_type.is_file() && !is_own_temp_file(path) {
             match entry.metadata() {
                 Ok(meta) if meta.len() >= 4 => candidates.push((path.to_path_buf(), meta)),
@@ -142,6 +145,28 @@ fn walk_root(root: &Path, result: &mut ScanResult, candidates: &mut Vec<(PathBuf
             }
         }
     }
+}
+
+/// The links that lead to one of `elf_inodes`, with their canonical target. One `stat` (the
+/// kernel follows the link) sorts out the rest, which in a conda prefix are most (terminfo
+/// entries, headers, scripts): canonicalizing costs a `readlink` per path component.
+fn links_to_elf_files(links: Vec<PathBuf>, elf_inodes: &[Inode]) -> Vec<(PathBuf, PathBuf)> {
+    let ids: HashSet<InodeId> = elf_inodes.iter().map(|i| i.id).collect();
+    links
+        .into_par_iter()
+        .filter_map(|link| {
+            let meta = fs::metadata(&link).ok()?;
+            let id = InodeId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            };
+            if !meta.is_file() || !ids.contains(&id) {
+                return None;
+            }
+            let target = fs::canonicalize(&link).ok()?;
+            Some((link, target))
+        })
+        .collect()
 }
 
 /// Temporary files of an interrupted write: never treated as content.

@@ -1,0 +1,840 @@
+//! The kinds of breakage patchelf's tracker keeps hearing about, each on programs gcc builds
+//! here: the patched program must still run (or fail exactly as the edit demands), readelf must
+//! not warn, and what autopatch reads back must be what was set.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use autopatch::elf::Elf;
+
+const GREETING: &str = "hello from libgreet\n";
+const RUN_PATH_MIN: usize = 600;
+const INTERP_MIN: usize = 200;
+const HOST_LD: &str = "/lib64/ld-linux-x86-64.so.2";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn output(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawning a tool")
+}
+
+/// Compiles `source` with `compiler` into `dir/name`.
+fn compile(compiler: &str, dir: &Path, name: &str, source: &str, args: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    fs::write(&src, source).unwrap();
+    let out = dir.join(name);
+    let o = output(
+        Command::new(compiler)
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .args(args),
+    );
+    assert!(o.status.success(), "{compiler} {name}: {}", text(&o.stderr));
+    out
+}
+
+/// A program that needs `lib/libgreet.so` (versioned GREET_1.0) and has no run path, so it only
+/// runs once one is set.
+struct Fixture {
+    dir: PathBuf,
+    exe: PathBuf,
+    lib: PathBuf,
+}
+
+fn fixture(compiler: &str, dir: &Path, exe_args: &[&str]) -> Fixture {
+    let lib_dir = dir.join("lib");
+    fs::create_dir_all(&lib_dir).unwrap();
+    let script = dir.join("greet.map");
+    fs::write(&script, "GREET_1.0 { global: greet; local: *; };\n").unwrap();
+    let lib = compile(
+        compiler,
+        &lib_dir,
+        "libgreet.so",
+        "const char *greet(void) { return \"hello from libgreet\"; }\n",
+        &[
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libgreet.so",
+            &format!("-Wl,--version-script={}", script.display()),
+        ],
+    );
+    let mut args = vec![
+        "-L".to_string(),
+        lib_dir.display().to_string(),
+        "-lgreet".into(),
+    ];
+    args.extend(exe_args.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exe = compile(
+        compiler,
+        dir,
+        "hello",
+        "#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n",
+        &args,
+    );
+    Fixture {
+        dir: dir.to_path_buf(),
+        exe,
+        lib,
+    }
+}
+
+fn autopatch(args: &[&str], file: &Path) -> Output {
+    output(
+        Command::new(env!("CARGO_BIN_EXE_autopatch"))
+            .arg("elf")
+            .args(args)
+            .arg(file),
+    )
+}
+
+fn autopatch_ok(args: &[&str], file: &Path) {
+    let o = autopatch(args, file);
+    assert!(
+        o.status.success(),
+        "autopatch elf {args:?} {}: {}",
+        file.display(),
+        text(&o.stderr)
+    );
+}
+
+/// What `autopatch elf FLAG file` prints, without the final newline.
+fn print(flag: &str, file: &Path) -> String {
+    let o = autopatch(&[flag], file);
+    assert!(o.status.success(), "{flag}: {}", text(&o.stderr));
+    text(&o.stdout).trim_end_matches('\n').to_string()
+}
+
+/// Runs `argv` and checks it greets.
+fn assert_greets(argv: &[&Path]) {
+    let o = output(Command::new(argv[0]).args(&argv[1..]));
+    assert!(
+        o.status.success() && text(&o.stdout) == GREETING,
+        "{argv:?}: {}, stdout {:?}, stderr {:?}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+fn readelf(args: &str, file: &Path) -> (String, String) {
+    let o = output(Command::new("readelf").arg(args).arg(file));
+    (text(&o.stdout), text(&o.stderr))
+}
+
+fn assert_readelf_clean(file: &Path) {
+    let (_, err) = readelf("-lSdVW", file);
+    assert!(err.is_empty(), "readelf {}: {err}", file.display());
+}
+
+/// A copy of the loader `ld` at a path of at least `INTERP_MIN` characters under `dir`.
+fn long_loader(dir: &Path, ld: &str) -> String {
+    let name = Path::new(ld).file_name().unwrap();
+    let mut at = dir.join("loader");
+    while at.join(name).as_os_str().len() < INTERP_MIN {
+        at.push("a-long-directory-for-the-program-interpreter");
+    }
+    fs::create_dir_all(&at).unwrap();
+    fs::copy(fs::canonicalize(ld).unwrap(), at.join(name)).unwrap();
+    at.join(name).display().to_string()
+}
+
+/// `dirs` followed by unused directories named after `tag`, at least `RUN_PATH_MIN` long.
+fn long_run_path(dirs: &str, tag: &str) -> String {
+    let mut path = dirs.to_string();
+    let mut i = 0;
+    while path.len() < RUN_PATH_MIN {
+        path.push_str(&format!(":/opt/unused-{tag}-directory-number-{i}"));
+        i += 1;
+    }
+    path
+}
+
+/// Sets a long interpreter and run path, then checks the result runs, reads back and is clean.
+fn grow_and_check(fx: &Fixture, ld: &str) {
+    let rpath = long_run_path("$ORIGIN/lib", "grow");
+    autopatch_ok(&["--set-interpreter", ld, "--set-rpath", &rpath], &fx.exe);
+    assert_eq!(print("--print-interpreter", &fx.exe), ld);
+    assert_eq!(print("--print-rpath", &fx.exe), rpath);
+    assert_greets(&[&fx.exe]);
+    assert_readelf_clean(&fx.exe);
+}
+
+fn strip(args: &[&str], file: &Path) {
+    let o = output(Command::new("strip").args(args).arg(file));
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "strip {args:?}: {}",
+        text(&o.stderr)
+    );
+}
+
+/// Patches `fx` the long way, strips it in place and to a copy, and checks both still run and
+/// keep the values; then edits the stripped program again.
+fn assert_survives_strip(fx: &Fixture, ld: &str) {
+    grow_and_check(fx, ld);
+    let rpath = print("--print-rpath", &fx.exe);
+    let copy = fx.dir.join("hello-stripped-copy");
+    strip(&["-o", copy.to_str().unwrap()], &fx.exe);
+    strip(&[], &fx.exe);
+    for file in [&fx.exe, &copy] {
+        assert_greets(&[file]);
+        assert_readelf_clean(file);
+        assert_eq!(print("--print-interpreter", file), ld);
+        assert_eq!(print("--print-rpath", file), rpath);
+    }
+    autopatch_ok(
+        &["--set-interpreter", HOST_LD, "--set-rpath", "$ORIGIN/lib"],
+        &fx.exe,
+    );
+    assert_greets(&[&fx.exe]);
+    grow_and_check(fx, ld);
+}
+
+#[test]
+fn strip_after_patching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ld = long_loader(tmp.path(), HOST_LD);
+    let fx = fixture("gcc", tmp.path(), &[]);
+    assert_survives_strip(&fx, &ld);
+    // A library patched the long way survives strip too.
+    autopatch_ok(&["--set-rpath", &long_run_path("/usr/lib", "lib")], &fx.lib);
+    strip(&[], &fx.lib);
+    assert_readelf_clean(&fx.lib);
+    assert_greets(&[&fx.exe]);
+}
+
+#[test]
+fn non_pie_executable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ld = long_loader(tmp.path(), HOST_LD);
+    let fx = fixture("gcc", tmp.path(), &["-no-pie"]);
+    assert!(readelf("-h", &fx.exe).0.contains("EXEC (Executable file)"));
+    assert_survives_strip(&fx, &ld);
+}
+
+#[test]
+fn no_separate_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ld = long_loader(tmp.path(), HOST_LD);
+    let fx = fixture("gcc", tmp.path(), &["-Wl,-z,noseparate-code"]);
+    let loads = |f: &Path| readelf("-lW", f).0.matches("  LOAD ").count();
+    assert_eq!(loads(&fx.exe), 2, "noseparate-code gives two PT_LOADs");
+    assert_survives_strip(&fx, &ld);
+}
+
+/// Zeroes e_shoff, e_shnum and e_shstrndx and cuts the section header table off the end.
+fn remove_section_headers(file: &Path) {
+    let mut data = fs::read(file).unwrap();
+    let shoff = u64::from_le_bytes(data[0x28..0x30].try_into().unwrap()) as usize;
+    assert_eq!(
+        shoff + 64 * usize::from(u16::from_le_bytes([data[0x3c], data[0x3d]])),
+        data.len(),
+        "section headers end the file"
+    );
+    data.truncate(shoff);
+    data[0x28..0x30].fill(0);
+    data[0x3c..0x40].fill(0);
+    fs::write(file, data).unwrap();
+}
+
+#[test]
+fn no_section_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ld = long_loader(tmp.path(), HOST_LD);
+    let fx = fixture("gcc", tmp.path(), &[]);
+    remove_section_headers(&fx.exe);
+    assert!(
+        readelf("-S", &fx.exe).0.contains("There are no sections"),
+        "section headers still there"
+    );
+    let refused = output(Command::new("patchelf").arg("--print-needed").arg(&fx.exe));
+    assert!(text(&refused.stderr).contains("no section headers"));
+
+    // Read through PT_INTERP and PT_DYNAMIC.
+    assert_eq!(print("--print-interpreter", &fx.exe), HOST_LD);
+    assert_eq!(print("--print-needed", &fx.exe), "libgreet.so\nlibc.so.6");
+    assert_eq!(print("--print-rpath", &fx.exe), "");
+
+    // Adding a run path needs a larger dynamic section: growth without section headers.
+    autopatch_ok(&["--set-rpath", "$ORIGIN/lib"], &fx.exe);
+    assert_greets(&[&fx.exe]);
+    grow_and_check(&fx, &ld);
+    autopatch_ok(&["--set-interpreter", HOST_LD], &fx.exe);
+    assert_greets(&[&fx.exe]);
+    assert_eq!(Elf::parse(&fs::read(&fx.exe).unwrap()).unwrap().shoff, 0);
+    assert_readelf_clean(&fx.exe);
+}
+
+#[test]
+fn alternating_long_and_short_values_stay_within_one_growth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loaders = [
+        long_loader(&tmp.path().join("a"), HOST_LD),
+        long_loader(&tmp.path().join("b"), HOST_LD),
+    ];
+    let fx = fixture("gcc", tmp.path(), &[]);
+    let size = |f: &Path| fs::metadata(f).unwrap().len();
+    let original = size(&fx.exe);
+    let mut after_first_growth = None;
+    for round in 0..16 {
+        let (interp, rpath) = if round % 2 == 0 {
+            let rpath = long_run_path("$ORIGIN/lib", &format!("round{round}"));
+            (loaders[round / 2 % 2].clone(), rpath)
+        } else {
+            (HOST_LD.to_string(), "$ORIGIN/lib".to_string())
+        };
+        autopatch_ok(
+            &["--set-interpreter", &interp, "--set-rpath", &rpath],
+            &fx.exe,
+        );
+        assert_eq!(
+            print("--print-interpreter", &fx.exe),
+            interp,
+            "round {round}"
+        );
+        assert_eq!(print("--print-rpath", &fx.exe), rpath, "round {round}");
+        assert_greets(&[&fx.exe]);
+        assert_readelf_clean(&fx.exe);
+        let now = size(&fx.exe);
+        let first = *after_first_growth.get_or_insert(now);
+        assert!(first > original, "the first round grows the file");
+        // Rebuilding the region may realign it, never stack a second copy of the values.
+        assert!(
+            now <= first + 64,
+            "round {round}: {now} bytes, {first} after the first growth"
+        );
+    }
+}
+
+/// Builds `lib/libextra.so`, which announces itself when loaded.
+fn extra_lib(fx: &Fixture) {
+    compile(
+        "gcc",
+        &fx.dir.join("lib"),
+        "libextra.so",
+        "#include <stdio.h>\n__attribute__((constructor)) static void hi(void) { puts(\"extra\"); }\n",
+        &["-shared", "-fPIC", "-Wl,-soname,libextra.so"],
+    );
+}
+
+fn run_stdout(file: &Path) -> String {
+    let o = output(&mut Command::new(file));
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        file.display(),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+#[test]
+fn needed_and_soname_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &[]);
+    autopatch_ok(&["--set-rpath", "$ORIGIN/lib"], &fx.exe);
+    let needed = print("--print-needed", &fx.exe);
+    assert_greets(&[&fx.exe]);
+
+    // A renamed copy of the library, with its own soname.
+    let renamed = fx.dir.join("lib/libhowdy.so");
+    fs::rename(&fx.lib, &renamed).unwrap();
+    autopatch_ok(&["--set-soname", "libhowdy.so"], &renamed);
+    assert_eq!(print("--print-soname", &renamed), "libhowdy.so");
+    assert!(!output(&mut Command::new(&fx.exe)).status.success());
+    autopatch_ok(&["--replace-needed", "libgreet.so", "libhowdy.so"], &fx.exe);
+    assert_eq!(print("--print-needed", &fx.exe), "libhowdy.so\nlibc.so.6");
+    // The version requirement follows the library, or the loader would not match it.
+    let versions = readelf("-V", &fx.exe).0;
+    assert!(versions.contains("File: libhowdy.so"), "{versions}");
+    assert!(!versions.contains("File: libgreet.so"), "{versions}");
+    assert_greets(&[&fx.exe]);
+
+    // And back, to the original name and soname.
+    autopatch_ok(&["--set-soname", "libgreet.so"], &renamed);
+    fs::rename(&renamed, &fx.lib).unwrap();
+    autopatch_ok(&["--replace-needed", "libhowdy.so", "libgreet.so"], &fx.exe);
+    assert_eq!(print("--print-needed", &fx.exe), needed);
+    assert_eq!(print("--print-soname", &fx.lib), "libgreet.so");
+    assert_greets(&[&fx.exe]);
+
+    // A long soname needs growth; the library still serves the program.
+    let long_soname = format!("libgreet-{}.so", "x".repeat(300));
+    autopatch_ok(&["--set-soname", &long_soname], &fx.lib);
+    assert_eq!(print("--print-soname", &fx.lib), long_soname);
+    assert_readelf_clean(&fx.lib);
+    assert_greets(&[&fx.exe]);
+
+    extra_lib(&fx);
+    autopatch_ok(&["--add-needed", "libextra.so"], &fx.exe);
+    assert_eq!(
+        print("--print-needed", &fx.exe),
+        format!("libextra.so\n{needed}")
+    );
+    assert_eq!(run_stdout(&fx.exe), format!("extra\n{GREETING}"));
+    autopatch_ok(&["--remove-needed", "libextra.so"], &fx.exe);
+    assert_eq!(print("--print-needed", &fx.exe), needed);
+    assert_eq!(run_stdout(&fx.exe), GREETING);
+    assert_readelf_clean(&fx.exe);
+}
+
+#[test]
+fn rpath_kind_is_kept_and_converted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    fs::create_dir(&lib).unwrap();
+    // libgreet needs libbase, which only the program's DT_RPATH finds: DT_RUNPATH would not
+    // serve libgreet's own needs.
+    compile(
+        "gcc",
+        &lib,
+        "libbase.so",
+        "const char *base(void) { return \"hello from libgreet\"; }\n",
+        &["-shared", "-fPIC", "-Wl,-soname,libbase.so"],
+    );
+    compile(
+        "gcc",
+        &lib,
+        "libgreet.so",
+        "const char *base(void);\nconst char *greet(void) { return base(); }\n",
+        &[
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libgreet.so",
+            "-L",
+            lib.to_str().unwrap(),
+            "-lbase",
+        ],
+    );
+    let exe = compile(
+        "gcc",
+        tmp.path(),
+        "hello",
+        "#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n",
+        &[
+            "-L",
+            lib.to_str().unwrap(),
+            "-lgreet",
+            &format!("-Wl,-rpath-link,{}", lib.display()),
+            "-Wl,--disable-new-dtags,-rpath,$ORIGIN/lib",
+        ],
+    );
+    let tags = |f: &Path| {
+        let d = readelf("-dW", f).0;
+        (d.contains("(RPATH)"), d.contains("(RUNPATH)"))
+    };
+    assert_eq!(tags(&exe), (true, false));
+    assert_greets(&[&exe]);
+
+    let rpath = long_run_path("$ORIGIN/lib", "kind");
+    autopatch_ok(&["--set-rpath", &rpath], &exe);
+    assert_eq!(tags(&exe), (true, false), "the kind is kept");
+    assert_eq!(print("--print-rpath", &exe), rpath);
+    assert_greets(&[&exe]);
+
+    autopatch_ok(&["--force-runpath"], &exe);
+    assert_eq!(tags(&exe), (false, true));
+    assert_eq!(print("--print-rpath", &exe), rpath);
+    let o = output(&mut Command::new(&exe));
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("libbase.so"),
+        "DT_RUNPATH must not serve libgreet's needs: {}",
+        text(&o.stderr)
+    );
+
+    autopatch_ok(&["--force-rpath", "--set-rpath", "$ORIGIN/lib"], &exe);
+    assert_eq!(tags(&exe), (true, false));
+    assert_greets(&[&exe]);
+    assert_readelf_clean(&exe);
+}
+
+/// A cross toolchain and its emulator, when installed.
+struct Cross {
+    gcc: &'static str,
+    sysroot: &'static str,
+    ld: &'static str,
+    qemu: &'static str,
+}
+
+/// Patches a program built by `cross` the long way; checks readelf, then runs it under qemu.
+/// Returns the patched program's `readelf -lW` output.
+fn cross_check(cross: &Cross, tmp: &Path) -> Option<String> {
+    if !common::have_tool(cross.gcc) {
+        eprintln!(
+            "SKIPPED: {} not installed (apt-get install gcc-{})",
+            cross.gcc,
+            cross.gcc.trim_end_matches("-gcc")
+        );
+        return None;
+    }
+    let ld = long_loader(tmp, &format!("{}/lib/{}", cross.sysroot, cross.ld));
+    let fx = fixture(cross.gcc, tmp, &[]);
+    let rpath = long_run_path("$ORIGIN/lib", "cross");
+    autopatch_ok(&["--set-interpreter", &ld, "--set-rpath", &rpath], &fx.exe);
+    assert_eq!(print("--print-interpreter", &fx.exe), ld);
+    assert_eq!(print("--print-rpath", &fx.exe), rpath);
+    assert_readelf_clean(&fx.exe);
+    let (headers, _) = readelf("-lW", &fx.exe);
+    assert!(headers.contains(&format!("[Requesting program interpreter: {ld}]")));
+    let dynamic = readelf("-dW", &fx.exe).0;
+    assert!(
+        dynamic.contains(&format!("Library runpath: [{rpath}]")),
+        "{dynamic}"
+    );
+    if common::have_tool(cross.qemu) {
+        let qemu = PathBuf::from(cross.qemu);
+        assert_greets(&[&qemu, Path::new("-L"), Path::new(cross.sysroot), &fx.exe]);
+    } else {
+        eprintln!(
+            "SKIPPED running: {} not installed (apt-get install qemu-user)",
+            cross.qemu
+        );
+    }
+    Some(headers)
+}
+
+/// `(offset, vaddr, align)` of every PT_LOAD in `readelf -lW` output.
+fn loads(headers: &str) -> Vec<(u64, u64, u64)> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    headers
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (hex(f[1]), hex(f[2]), hex(f[f.len() - 1]))
+        })
+        .collect()
+}
+
+#[test]
+fn aarch64_with_64k_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cross = Cross {
+        gcc: "aarch64-linux-gnu-gcc",
+        sysroot: "/usr/aarch64-linux-gnu",
+        ld: "ld-linux-aarch64.so.1",
+        qemu: "qemu-aarch64",
+    };
+    let Some(headers) = cross_check(&cross, tmp.path()) else {
+        return;
+    };
+    let loads = loads(&headers);
+    assert!(loads.len() >= 3, "a PT_LOAD was added: {headers}");
+    for (offset, vaddr, align) in loads {
+        assert_eq!(align, 0x10000, "{headers}");
+        assert_eq!(offset % 0x10000, vaddr % 0x10000, "{headers}");
+    }
+}
+
+#[test]
+fn big_endian_s390x() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cross = Cross {
+        gcc: "s390x-linux-gnu-gcc",
+        sysroot: "/usr/s390x-linux-gnu",
+        ld: "ld64.so.1",
+        qemu: "qemu-s390x",
+    };
+    let Some(headers) = cross_check(&cross, tmp.path()) else {
+        return;
+    };
+    assert!(
+        readelf("-h", &tmp.path().join("hello"))
+            .0
+            .contains("big endian")
+    );
+    for (offset, vaddr, align) in loads(&headers) {
+        assert_eq!(offset % align, vaddr % align, "{headers}");
+    }
+}
+
+/// Where the next data at or after `at` lies in `file` (`SEEK_DATA`).
+fn next_data(file: &fs::File, at: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on an open descriptor has no memory effects.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), at as libc::off_t, libc::SEEK_DATA) };
+    assert!(r >= 0, "SEEK_DATA: {}", std::io::Error::last_os_error());
+    r as u64
+}
+
+/// Sections growth may move to make room or rebuild: everything else keeps its bytes.
+fn movable(name: &[u8]) -> bool {
+    name.starts_with(b".note")
+        || name.starts_with(b".gnu.version")
+        || [
+            &b".interp"[..],
+            b".hash",
+            b".gnu.hash",
+            b".dynsym",
+            b".dynstr",
+            b".dynamic",
+        ]
+        .contains(&name)
+}
+
+#[test]
+fn sparse_file_over_4_gib() {
+    const HOLE: u64 = 9 << 29; // 4.5 GiB
+    let tmp = tempfile::tempdir().unwrap();
+    let ld = long_loader(tmp.path(), HOST_LD);
+    let fx = fixture("gcc", tmp.path(), &[]);
+    let original = fs::read(&fx.exe).unwrap();
+    let end = original.len() as u64;
+    let file = fs::OpenOptions::new().write(true).open(&fx.exe).unwrap();
+    file.set_len(end + HOLE).unwrap();
+    drop(file);
+    let blocks_before = fs::metadata(&fx.exe).unwrap().blocks();
+
+    let rpath = long_run_path("$ORIGIN/lib", "sparse");
+    autopatch_ok(&["--set-interpreter", &ld, "--set-rpath", &rpath], &fx.exe);
+    let meta = fs::metadata(&fx.exe).unwrap();
+    assert!(meta.len() > end + HOLE);
+    assert!(
+        meta.blocks() <= blocks_before + 64,
+        "{} blocks allocated, {blocks_before} before: the hole was filled",
+        meta.blocks()
+    );
+    assert_eq!(print("--print-interpreter", &fx.exe), ld);
+    assert_eq!(print("--print-rpath", &fx.exe), rpath);
+
+    let f = fs::File::open(&fx.exe).unwrap();
+    let after_original = end.next_multiple_of(4096);
+    assert!(
+        next_data(&f, after_original) >= (end + HOLE) / 4096 * 4096,
+        "data written into the hole"
+    );
+    // SAFETY: the file is not modified while mapped.
+    let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+    let elf = Elf::parse(&map).unwrap();
+    assert_eq!(elf.interpreter(), Some(ld.as_bytes()));
+    let before = Elf::parse(&original).unwrap();
+    let mut compared = 0;
+    for s in before.sections.iter().filter(|s| {
+        s.sh_type != 8 /* SHT_NOBITS */ && s.size > 0 && !movable(s.name)
+    }) {
+        let range = s.offset as usize..(s.offset + s.size) as usize;
+        assert_eq!(
+            map[range.clone()],
+            original[range],
+            "{} changed",
+            String::from_utf8_lossy(s.name)
+        );
+        compared += 1;
+    }
+    assert!(compared > 10, "only {compared} sections compared");
+    drop(map);
+    assert_greets(&[&fx.exe]);
+}
+
+/// `data` with the 8-byte field at `at` inside program header `index` set to `value`.
+fn with_segment_field(data: &[u8], index: usize, at: usize, value: u64) -> Vec<u8> {
+    let field = Elf::parse(data).unwrap().phoff as usize + index * 56 + at;
+    let mut d = data.to_vec();
+    d[field..field + 8].copy_from_slice(&value.to_le_bytes());
+    d
+}
+
+/// The index of the first program header of `p_type`.
+fn segment_index(elf: &Elf, p_type: u32) -> usize {
+    elf.segments
+        .iter()
+        .position(|s| s.p_type == p_type)
+        .unwrap()
+}
+
+#[test]
+fn bad_input_is_refused_and_left_alone() {
+    const PT_INTERP: u32 = 3;
+    const PT_NOTE: u32 = 4;
+    const P_OFFSET: usize = 8;
+    const P_FILESZ: usize = 32;
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &[]);
+    let good = fs::read(&fx.exe).unwrap();
+    let with = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut d = good.clone();
+        edit(&mut d);
+        d
+    };
+    let elf = Elf::parse(&good).unwrap();
+    let shoff = elf.shoff as usize;
+    let mut garbage = b"\x7fELF".to_vec();
+    garbage.extend((0..4092u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    // Unreadable files: every command fails.
+    let unreadable: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good[..good.len() / 4].to_vec()),
+        ("garbage-after-magic", garbage),
+        (
+            "phoff-past-end",
+            with(&|d| d[0x20..0x28].copy_from_slice(&(good.len() as u64 + 64).to_le_bytes())),
+        ),
+        (
+            "phnum-65535",
+            with(&|d| d[0x38..0x3a].copy_from_slice(&[0xff, 0xff])),
+        ),
+        (
+            "section-wraps-around",
+            with(&|d| d[shoff + 64 + 32..shoff + 64 + 40].fill(0xff)),
+        ),
+        ("empty", Vec::new()),
+        ("not-elf", b"#!/bin/sh\necho hello\n".to_vec()),
+    ];
+    // Readable, but editing them in place would clobber the headers or read past the end.
+    let uneditable: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "interpreter-over-program-headers",
+            with_segment_field(&good, segment_index(&elf, PT_INTERP), P_OFFSET, 64),
+        ),
+        (
+            "note-past-end",
+            with_segment_field(&good, segment_index(&elf, PT_NOTE), P_FILESZ, 1 << 20),
+        ),
+        ("load-with-more-file-than-memory", {
+            let rw = elf.segments.iter().rposition(|s| s.is_load()).unwrap();
+            let memsz = elf.segments[rw].memsz;
+            with_segment_field(&good, rw, P_FILESZ, memsz + 256)
+        }),
+    ];
+    let dir = tmp.path().join("bad");
+    fs::create_dir(&dir).unwrap();
+    let edit = &["--set-interpreter", HOST_LD, "--set-rpath", "/opt/lib"][..];
+    let cases = unreadable
+        .iter()
+        .map(|c| (c, vec![edit, &["--print-rpath"][..]]))
+        .chain(uneditable.iter().map(|c| (c, vec![edit])));
+    for ((name, bytes), commands) in cases {
+        let file = dir.join(name);
+        fs::write(&file, bytes).unwrap();
+        for args in commands {
+            let o = autopatch(args, &file);
+            let err = text(&o.stderr);
+            assert!(!o.status.success(), "{name} {args:?} succeeded");
+            assert!(err.contains(file.to_str().unwrap()), "{name}: {err}");
+            assert_eq!(&fs::read(&file).unwrap(), bytes, "{name} was modified");
+        }
+    }
+    let left = fs::read_dir(&dir).unwrap().count();
+    assert_eq!(
+        left,
+        unreadable.len() + uneditable.len(),
+        "temporary files left behind"
+    );
+}
+
+#[test]
+fn headers_lying_about_sizes_do_not_move_code() {
+    const PT_NOTE: u32 = 4;
+    const P_FILESZ: usize = 32;
+    const SH_SIZE: usize = 32;
+    let tmp = tempfile::tempdir().unwrap();
+    let ld = long_loader(tmp.path(), HOST_LD);
+    let good = fs::read(&fixture("gcc", tmp.path(), &[]).exe).unwrap();
+    let elf = Elf::parse(&good).unwrap();
+    let text = elf.sections.iter().find(|s| s.name == b".text").unwrap();
+    let span = |from: u64| text.offset + text.size - from;
+    // A note segment and the section after the program headers each claim to run over the code.
+    let note = elf.segments.iter().find(|s| s.p_type == PT_NOTE).unwrap();
+    let long_note = with_segment_field(
+        &good,
+        segment_index(&elf, PT_NOTE),
+        P_FILESZ,
+        span(note.offset),
+    );
+    let first = elf
+        .sections
+        .iter()
+        .filter(|s| s.offset >= elf.phoff + 56 * elf.segments.len() as u64)
+        .min_by_key(|s| s.offset)
+        .unwrap();
+    let mut long_section = good.clone();
+    let field = (elf.shoff + 64 * first.index as u64) as usize + SH_SIZE;
+    long_section[field..field + 8].copy_from_slice(&span(first.offset).to_le_bytes());
+    for (name, bytes) in [("long-note", long_note), ("long-section", long_section)] {
+        let fx = fixture("gcc", &tmp.path().join(name), &[]);
+        fs::write(&fx.exe, &bytes).unwrap();
+        grow_and_check(&fx, &ld);
+        let after = fs::read(&fx.exe).unwrap();
+        let code = text.offset as usize..(text.offset + text.size) as usize;
+        assert_eq!(after[code.clone()], good[code], "{name}: the code changed");
+    }
+}
+
+#[test]
+fn a_file_needing_no_change_is_not_rewritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &["-Wl,-rpath,$ORIGIN/lib"]);
+    let old = Command::new("touch")
+        .args(["-d", "@1000000000"])
+        .arg(&fx.exe)
+        .status()
+        .unwrap();
+    assert!(old.success());
+    let before = fs::metadata(&fx.exe).unwrap();
+    autopatch_ok(
+        &[
+            "--set-interpreter",
+            HOST_LD,
+            "--set-rpath",
+            "$ORIGIN/lib",
+            "--add-needed",
+            "libc.so.6",
+            "--remove-needed",
+            "libabsent.so",
+            "--replace-needed",
+            "libabsent.so",
+            "libother.so",
+        ],
+        &fx.exe,
+    );
+    let after = fs::metadata(&fx.exe).unwrap();
+    assert_eq!(after.ino(), before.ino(), "rewritten");
+    assert_eq!(after.mtime(), 1_000_000_000);
+    assert_eq!(after.mtime_nsec(), before.mtime_nsec());
+}
+
+#[test]
+fn permissions_and_xattrs_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ld = long_loader(tmp.path(), HOST_LD);
+    let fx = fixture("gcc", tmp.path(), &[]);
+    fs::set_permissions(&fx.exe, fs::Permissions::from_mode(0o751)).unwrap();
+    xattr::set(&fx.exe, "user.test", b"kept").expect("setting user.test (user xattrs)");
+    let before = fs::metadata(&fx.exe).unwrap();
+    grow_and_check(&fx, &ld);
+    let after = fs::metadata(&fx.exe).unwrap();
+    assert_ne!(after.ino(), before.ino(), "the file was rewritten");
+    assert_eq!(after.permissions().mode() & 0o7777, 0o751);
+    assert_eq!(
+        xattr::get(&fx.exe, "user.test").unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
+}
+
+#[test]
+fn output_to_a_new_file_leaves_the_input_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &[]);
+    let before = fs::read(&fx.exe).unwrap();
+    let out = fx.dir.join("hello-patched");
+    let rpath = fx.lib.parent().unwrap().display().to_string();
+    autopatch_ok(
+        &[
+            "--set-rpath",
+            &rpath,
+            "--output",
+            &out.display().to_string(),
+        ],
+        &fx.exe,
+    );
+    assert_eq!(fs::read(&fx.exe).unwrap(), before, "the input changed");
+    assert_eq!(print("--print-rpath", &out), rpath);
+    assert_greets(&[&out]);
+}
