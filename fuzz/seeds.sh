@@ -4,6 +4,7 @@
 #
 # Usage: fuzz/seeds.sh
 # Then:  cd fuzz && cargo +nightly fuzz run read_edit corpus/read_edit -- -max_total_time=300
+#        (or on stable: RUSTC_BOOTSTRAP=1 cargo fuzz run read_edit corpus/read_edit -s none)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
