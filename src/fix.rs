@@ -468,6 +468,13 @@ fn ordered_names(plan: &FilePlan) -> Vec<PathBuf> {
 /// files a killed run wrote (`recovered`, with their prefix); the old values go to the journal
 /// first. Symlink entries are left as the installer wrote them: the links themselves do not
 /// change.
+/// The conda environment a name lies in: its nearest ancestor with `conda-meta/`.
+fn conda_prefix_of(name: &Path) -> Option<&Path> {
+    name.ancestors()
+        .skip(1)
+        .find(|dir| dir.join("conda-meta").is_dir())
+}
+
 fn update_conda_records(
     results: &[FileResult],
     recovered: &[(PathBuf, PathBuf)],
@@ -489,9 +496,13 @@ fn update_conda_records(
     for r in results {
         let Some(p) = &r.patched else { continue };
         let Some(sha) = &p.sha256 else { continue };
+        // One inode may be linked into several environments: each records it.
         for name in &p.names {
-            if let Ok(rel) = name.strip_prefix(&r.plan.prefix) {
-                by_prefix.entry(&r.plan.prefix).or_default().push((
+            let Some(prefix) = conda_prefix_of(name) else {
+                continue;
+            };
+            if let Ok(rel) = name.strip_prefix(prefix) {
+                by_prefix.entry(prefix).or_default().push((
                     rel.to_string_lossy().into_owned(),
                     sha.clone(),
                     p.len,

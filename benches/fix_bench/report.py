@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Helpers of benches/fix_bench.sh that read autopatch's JSON plans.
+
+Usage:
+  report.py pattern PLAN.json OUT.sh   the patchelf pattern for the files PLAN patches: per ELF
+                                       path, serially, --set-interpreter then --set-rpath
+  report.py state PLAN.json OUT.json   per ELF path: interpreter, run path and its kind, from a
+                                       dry run made after patching (fails if one still needs it)
+  report.py compare A.json B.json      fails unless both states are the same
+  report.py plan-stats PLAN.json       ELF paths, inodes and paths to patch, inodes to patch
+  report.py table RESULTS.tsv          the README table and ratios (markdown) from the results
+  report.py phases LOG START END       phases of a fix from its AUTOPATCH_LOG=debug log and the
+                                       epoch seconds it was started and ended at
+"""
+
+import json
+import re
+import shlex
+import sys
+from datetime import datetime
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def pattern(plan_file, out_file):
+    plan = load(plan_file)
+    lines = ["#!/usr/bin/env bash", "set -euo pipefail"]
+    for f in plan["files"]:
+        if f["action"] != "patch":
+            continue
+        interp = f.get("new_interpreter") or f.get("old_interpreter")
+        run_path = f.get("new_run_path") or f.get("old_run_path")
+        # patchelf turns DT_RPATH into DT_RUNPATH unless told not to; autopatch keeps the kind,
+        # so the pattern asks for the same kind to end with the same files.
+        force = "--force-rpath " if f.get("run_path_kind") == "RPATH" else ""
+        for name in f["names"]:
+            q = shlex.quote(name)
+            if f.get("old_interpreter"):
+                lines.append(f"patchelf --set-interpreter {shlex.quote(interp)} {q}")
+            if run_path:
+                lines.append(f"patchelf {force}--set-rpath {shlex.quote(run_path)} {q}")
+    with open(out_file, "w") as out:
+        out.write("\n".join(lines) + "\n")
+
+
+def state(plan_file, out_file):
+    plan = load(plan_file)
+    result, pending = {}, []
+    for f in plan["files"]:
+        if f["action"] == "patch":
+            pending.append(f["path"])
+        for name in f["names"]:
+            result[name] = [f.get("old_interpreter"), f.get("old_run_path"),
+                            f.get("run_path_kind")]
+    with open(out_file, "w") as out:
+        json.dump(result, out, sort_keys=True)
+    if pending:
+        sys.exit(f"{len(pending)} files still need patching, e.g. {pending[:3]}")
+
+
+def compare(a_file, b_file):
+    a, b = load(a_file), load(b_file)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        for k in diff[:10]:
+            print(f"{k}: {a.get(k)} != {b.get(k)}", file=sys.stderr)
+        sys.exit(f"{len(diff)} of {len(a)} ELF paths differ")
+    print(f"identical interpreter and run path on all {len(a)} ELF paths")
+
+
+def plan_stats(plan_file):
+    files = load(plan_file)["files"]
+    patch = [f for f in files if f["action"] == "patch"]
+    print(sum(len(f["names"]) for f in files), len(files),
+          sum(len(f["names"]) for f in patch), len(patch))
+
+
+def table(results_file):
+    """One line per (workload, run), the median run of those repeated (its wall, user+sys,
+    peak RSS and bytes written; the range of the walls beside), then the ratios the targets
+    are stated in, between medians. Stats of each workload (ELF paths, inodes, to patch) are
+    read from WORKLOAD.stats beside the results."""
+    runs = {}
+    with open(results_file) as f:
+        for line in f:
+            workload, tool, wall, user, sys_, rss, written = line.rstrip("\n").split("\t")
+            runs.setdefault((workload, tool), []).append(
+                (float(wall), float(user) + float(sys_), int(rss), int(written)))
+    median = {k: sorted(v)[(len(v) - 1) // 2] for k, v in runs.items()}
+    print("| workload | run | wall | user+sys | peak RSS | bytes written |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (w, t), v in runs.items():
+        wall, cpu, rss, written = median[(w, t)]
+        spread = f" ({min(v)[0]:.2f}–{max(v)[0]:.2f})" if len(v) > 1 else ""
+        print(f"| {w} | {t} | {wall:.2f} s{spread} | {cpu:.2f} s | {rss / 1024:.0f} MB "
+              f"| {written / 1e6:.0f} MB |")
+    print()
+    base = results_file.rsplit("/", 1)[0]
+    for w in dict.fromkeys(w for w, _ in runs):
+        if (w, "autopatch fix") not in median:
+            continue
+        wall = lambda run: median.get((w, run), (0.0,))[0]
+        ours, ours_cpu = median[(w, "autopatch fix")][:2]
+        pe, pe_sync = wall("patchelf pattern"), wall("sync after the patchelf pattern")
+        cp, cp_sync = wall("cp -a"), wall("sync after cp -a")
+        pe_cpu = median.get((w, "patchelf pattern"), (0.0, 0.0))[1]
+        parts = [f"patchelf pattern / autopatch: {pe / ours:.1f}x wall "
+                 f"({(pe + pe_sync) / ours:.1f}x with its sync), "
+                 f"{pe_cpu / max(ours_cpu, 1e-9):.1f}x user+sys",
+                 f"autopatch / cp -a: {ours / cp:.1f}x wall "
+                 f"({ours / (cp + cp_sync):.1f}x against cp -a and its sync)"]
+        try:
+            with open(f"{base}/{w}.stats") as f:
+                paths = int(f.read().split()[0])
+            noop = wall("autopatch fix, no-op rerun")
+            parts.append(f"no-op rerun: {noop * 10_000 / paths:.2f} s per 10,000 ELF paths")
+        except OSError:
+            pass
+        print(f"- {w}: " + "; ".join(parts))
+
+
+def phases(log_file, start, end):
+    start, end = float(start), float(end)
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    index = None
+    patched = []
+    with open(log_file) as f:
+        for line in f:
+            line = ansi.sub("", line)
+            stamp = line.split(" ", 1)[0]
+            try:
+                t = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+            if "store index refreshed" in line:
+                index = t
+            elif " patched " in line:
+                patched.append(t)
+    if index is None or not patched:
+        sys.exit("phases: the log has no store index or patched line")
+    first, last = patched[0], patched[-1]
+    rows = [("start-up, store index (warm)", index - start),
+            ("locks, scan, plan, first file written", first - index),
+            (f"rewrites ({len(patched)} inodes, in parallel)", last - first),
+            ("syncfs, conda-meta records, verification", end - last)]
+    for label, secs in rows:
+        print(f"- {label}: {secs:.2f} s ({100 * secs / (end - start):.0f}%)")
+    print(f"- total: {end - start:.2f} s")
+
+
+def main(argv):
+    cmds = {"pattern": (pattern, 2), "state": (state, 2), "compare": (compare, 2),
+            "plan-stats": (plan_stats, 1), "table": (table, 1), "phases": (phases, 3)}
+    if len(argv) < 2 or argv[1] not in cmds or len(argv) != 2 + cmds[argv[1]][1]:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmds[argv[1]][0](*argv[2:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
