@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{elf_files, is_dynamic_elf};
+use common::{elf_files, fix, is_dynamic_elf};
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const SPECS: &[&str] = &[
     "zstd",
@@ -23,29 +23,6 @@ const SPECS: &[&str] = &[
     "liblzma",
     "libffi",
 ];
-
-fn autopatch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_autopatch"))
-}
-
-/// Runs `autopatch fix` on `paths` with the test store's cache in `cache`.
-fn fix(cache: &Path, extra: &[&str], paths: &[&Path]) -> Output {
-    let out = autopatch()
-        .arg("fix")
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(extra)
-        .args(paths)
-        .env("XDG_CONFIG_HOME", cache)
-        .output()
-        .expect("running autopatch");
-    eprintln!(
-        "autopatch fix: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// A C++ program with no run path, placed in the env: it must be pointed at the env's own
 /// libstdc++ even though the store has one too.

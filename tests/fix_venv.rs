@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{elf_files, run_ok};
+use common::{elf_files, fix, run_ok};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -17,29 +17,6 @@ use std::time::Instant;
 
 /// Pinned so that reruns install the same wheels from the cache, offline.
 const SPECS: &[&str] = &["numpy==2.4.6", "pandas==3.1.1"];
-
-fn autopatch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_autopatch"))
-}
-
-/// Runs `autopatch fix` on `paths` with the test store's cache in `cache`.
-fn fix(cache: &Path, extra: &[&str], paths: &[&Path]) -> Output {
-    let out = autopatch()
-        .arg("fix")
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(extra)
-        .args(paths)
-        .env("XDG_CONFIG_HOME", cache)
-        .output()
-        .expect("running autopatch");
-    eprintln!(
-        "autopatch fix {extra:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn text(out: &Output) -> String {
     format!(

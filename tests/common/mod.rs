@@ -685,3 +685,23 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// Runs `autopatch fix` on `paths` with the store index cached (and the config file looked
+/// for) in `cache`, echoing its report to stderr.
+pub fn fix(cache: &Path, extra: &[&str], paths: &[&Path]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_autopatch"))
+        .arg("fix")
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(extra)
+        .args(paths)
+        .env("XDG_CONFIG_HOME", cache)
+        .output()
+        .expect("running autopatch");
+    eprintln!(
+        "autopatch fix {extra:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
