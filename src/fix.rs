@@ -6,7 +6,6 @@ use std::fs::{self, File, TryLockError};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use rayon::prelude::*;
@@ -114,15 +113,7 @@ pub fn fix_scanned(
     };
     let plans = plan::plan(&scanned, &facts, &options.settings);
     (options.on_planned)(plans.iter().filter(|p| p.action == Action::Patch).count());
-    let written = AtomicU64::new(0);
-    let mut files: Vec<FileResult> = plans
-        .into_par_iter()
-        .map(|plan| {
-            let result = execute(plan, options.dry_run, &written, &journals);
-            (options.on_file_done)();
-            result
-        })
-        .collect();
+    let mut files = apply_plans(plans, roots, options, &journals);
     files.sort_by(|a, b| a.plan.path.cmp(&b.plan.path));
     if files.iter().any(|f| f.patched.is_some()) {
         apply::sync_filesystems(roots_as_dirs(roots).as_slice())?;
@@ -137,7 +128,6 @@ pub fn fix_scanned(
     let mut summary = summarize(&files);
     summary.scanned_entries = scanned.entries;
     summary.errors += scanned.errors.len();
-    summary.bytes_written = written.load(Ordering::Relaxed);
     let unresolved = resolve::unresolved_summary(files.iter().filter_map(|r| {
         r.plan
             .resolution
@@ -409,17 +399,78 @@ pub struct Summary {
     pub bytes_written: u64,
 }
 
-fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64, journals: &Journals) -> FileResult {
-    let untouched = |plan| FileResult {
-        plan,
-        written: None,
-        error: None,
-        patched: None,
-        load_problems: Vec::new(),
-    };
-    if plan.action != Action::Patch || dry_run {
-        return untouched(plan);
+/// Inodes patched per batch: the in-place rewrites of a batch keep their file open until their
+/// header steps are done, and each step ends with one flush for the whole batch.
+const BATCH: usize = 256;
+
+/// Carries out the plans that patch, a batch at a time.
+fn apply_plans(
+    plans: Vec<FilePlan>,
+    roots: &[PathBuf],
+    options: &FixOptions,
+    journals: &Journals,
+) -> Vec<FileResult> {
+    let (to_patch, others): (Vec<FilePlan>, Vec<FilePlan>) = plans
+        .into_iter()
+        .partition(|p| p.action == Action::Patch && !options.dry_run);
+    let mut files: Vec<FileResult> = others.into_iter().map(FileResult::untouched).collect();
+    files.iter().for_each(|_| (options.on_file_done)());
+    let dirs = roots_as_dirs(roots);
+    let flush = || apply::sync_filesystems(&dirs);
+    let mut to_patch = to_patch.into_iter().peekable();
+    while to_patch.peek().is_some() {
+        let batch: Vec<FilePlan> = to_patch.by_ref().take(BATCH).collect();
+        let started: Vec<(FileResult, Option<Box<apply::InPlaceJob>>)> = batch
+            .into_par_iter()
+            .map(|plan| start(plan, journals))
+            .collect();
+        let mut jobs = Vec::new();
+        for (result, job) in started {
+            match job {
+                Some(job) => jobs.push((result, job)),
+                None => files.push(result),
+            }
+            (options.on_file_done)();
+        }
+        for (result, outcome) in apply::complete_in_place(jobs, &flush) {
+            files.push(result.with(outcome.map(Some)));
+        }
     }
+    files
+}
+
+impl FileResult {
+    fn untouched(plan: FilePlan) -> FileResult {
+        FileResult {
+            plan,
+            written: None,
+            error: None,
+            patched: None,
+            load_problems: Vec::new(),
+        }
+    }
+
+    /// This result, told the outcome of patching it.
+    fn with(mut self, outcome: Result<Option<Patched>, apply::PatchError>) -> FileResult {
+        match outcome {
+            Ok(patched) => {
+                if patched.is_some() {
+                    tracing::info!("patched {}", self.plan.path.display());
+                }
+                self.written = Some(patched.is_some());
+                self.patched = patched;
+            }
+            Err(e) => {
+                self.written = Some(false);
+                self.error = Some(e.to_string());
+            }
+        }
+        self
+    }
+}
+
+/// Patches the file of `plan`, or starts an in-place rewrite of it that the batch completes.
+fn start(plan: FilePlan, journals: &Journals) -> (FileResult, Option<Box<apply::InPlaceJob>>) {
     let edits = Edits {
         interpreter: plan
             .new_interpreter
@@ -431,29 +482,18 @@ fn execute(plan: FilePlan, dry_run: bool, written: &AtomicU64, journals: &Journa
             .map(|r| RunPathEdit::Set(r.clone().into_bytes())),
         ..Edits::default()
     };
-    let want_hash = plan.prefix.join("conda-meta").is_dir();
     let journal = |staged: &apply::Staged| journals.record_patch(&plan.prefix, staged);
-    match apply::patch_inode(&ordered_names(&plan), &edits, want_hash, &journal) {
-        Ok(patched) => {
-            if let Some(p) = &patched {
-                written.fetch_add(p.bytes_written, Ordering::Relaxed);
-                tracing::info!("patched {}", plan.path.display());
-            }
-            FileResult {
-                written: Some(patched.is_some()),
-                plan,
-                error: None,
-                patched,
-                load_problems: Vec::new(),
-            }
-        }
-        Err(e) => FileResult {
-            plan,
-            written: Some(false),
-            error: Some(e.to_string()),
-            patched: None,
-            load_problems: Vec::new(),
-        },
+    let started = apply::start_patch(
+        &ordered_names(&plan),
+        &edits,
+        plan.in_conda_record,
+        &journal,
+    );
+    let result = FileResult::untouched(plan);
+    match started {
+        Ok(apply::Started::InPlace(job)) => (result, Some(job)),
+        Ok(apply::Started::Done(patched)) => (result.with(Ok(patched)), None),
+        Err(e) => (result.with(Err(e)), None),
     }
 }
 
@@ -543,6 +583,7 @@ fn summarize(results: &[FileResult]) -> Summary {
         ..Summary::default()
     };
     for r in results {
+        s.bytes_written += r.patched.as_ref().map_or(0, |p| p.bytes_written);
         match (&r.plan.action, &r.error) {
             (_, Some(_)) | (Action::Error { .. }, _) => s.errors += 1,
             (Action::Patch, None) => s.patched += 1,

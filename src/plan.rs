@@ -1,7 +1,7 @@
 //! Turning a scan into a plan: for each inode, the interpreter and run path it should have,
 //! with every needed library's provider and the reason it was chosen.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use globset::GlobSet;
@@ -105,6 +105,9 @@ pub struct FilePlan {
     pub new_run_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
+    /// Some conda record lists one of its names: a rewrite must give the record its new hash.
+    #[serde(skip)]
+    pub in_conda_record: bool,
 }
 
 /// Settings that shape a plan.
@@ -282,7 +285,37 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
         })
         .collect();
     plans.sort_by(|a, b| a.path.cmp(&b.path));
+    mark_recorded(&mut plans, &mut prefixes, facts);
     plans
+}
+
+/// Marks the plans that patch a file which a conda record lists under one of its names, in any
+/// environment it is linked into; the environments not read for planning are read now.
+fn mark_recorded(
+    plans: &mut [FilePlan],
+    prefixes: &mut BTreeMap<PathBuf, Prefix>,
+    facts: &DirFacts,
+) {
+    let patching = |p: &&mut FilePlan| p.action == Action::Patch;
+    let unread: BTreeSet<PathBuf> = plans
+        .iter_mut()
+        .filter(patching)
+        .flat_map(|p| p.names.iter().map(|n| facts.prefix_of(n)))
+        .filter(|p| !prefixes.contains_key(p))
+        .collect();
+    let read: Vec<(PathBuf, Prefix)> = unread
+        .into_par_iter()
+        .map(|p| (p.clone(), Prefix::load(p)))
+        .collect();
+    prefixes.extend(read);
+    for plan in plans.iter_mut().filter(patching) {
+        plan.in_conda_record = plan.names.iter().any(|n| {
+            prefixes[&facts.prefix_of(n)]
+                .conda
+                .as_ref()
+                .is_some_and(|c| c.owner_of(n).is_some())
+        });
+    }
 }
 
 fn plan_file(
@@ -307,6 +340,7 @@ fn plan_file(
         old_run_path: info.run_path.clone(),
         new_run_path: None,
         resolution: None,
+        in_conda_record: false,
     };
     if let Some(reason) = info.skip {
         plan.action = Action::Skip {
@@ -408,6 +442,7 @@ fn bare_plan(inode: &Inode, name: &Path, prefix: &Path, action: Action) -> FileP
         old_run_path: None,
         new_run_path: None,
         resolution: None,
+        in_conda_record: false,
     }
 }
 

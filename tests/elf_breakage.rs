@@ -838,3 +838,89 @@ fn output_to_a_new_file_leaves_the_input_alone() {
     assert_eq!(print("--print-rpath", &out), rpath);
     assert_greets(&[&out]);
 }
+
+/// The states a file passes through when grown in place, each the content of a file of its own:
+/// after the append, with the staging table, with the front rewritten, with the final header,
+/// and cut to length.
+fn in_place_states(file: &Path, edits: &autopatch::elf::Edits) -> Vec<Vec<u8>> {
+    use autopatch::elf::{Elf, Write, in_place_steps, plan};
+    let input = fs::read(file).unwrap();
+    let elf = Elf::parse(&input).unwrap();
+    let rewrite = plan(&elf, edits)
+        .unwrap()
+        .expect("the edit changes the file");
+    let steps = in_place_steps(&elf, &rewrite).expect("a first growth is append-only");
+    let mut state = input.clone();
+    let write = |state: &mut Vec<u8>, w: &Write| {
+        let end = w.offset as usize + w.bytes.len();
+        if state.len() < end {
+            state.resize(end, 0);
+        }
+        state[w.offset as usize..end].copy_from_slice(&w.bytes);
+    };
+    let mut states = Vec::new();
+    steps.append.iter().for_each(|w| write(&mut state, w));
+    states.push(state.clone());
+    write(&mut state, &steps.enter);
+    states.push(state.clone());
+    steps.front.iter().for_each(|w| write(&mut state, w));
+    states.push(state.clone());
+    write(&mut state, &steps.leave);
+    states.push(state.clone());
+    state.truncate(steps.len as usize);
+    assert_eq!(
+        state,
+        rewrite.apply(&input),
+        "the last state is the rewrite's result"
+    );
+    states.push(state);
+    states
+}
+
+/// Every state of an in-place growth runs, for a PIE, a position-dependent program and the
+/// shared library they load: the real kernel and loader read the staging table.
+#[test]
+fn every_step_of_an_in_place_growth_runs() {
+    use autopatch::elf::{Edits, RunPathEdit};
+    let dir = tempfile::tempdir().unwrap();
+    // A run path of its own, so that the original runs too.
+    let origin = "-Wl,-rpath,$ORIGIN/lib";
+    for (kind, args) in [("pie", &[origin][..]), ("no-pie", &[origin, "-no-pie"][..])] {
+        let fx = fixture("gcc", &dir.path().join(kind), args);
+        let ld = long_loader(&fx.dir, HOST_LD);
+        let exe_edits = Edits {
+            interpreter: Some(ld.clone().into_bytes()),
+            run_path: Some(RunPathEdit::Set(
+                long_run_path("$ORIGIN/lib", "exe").into_bytes(),
+            )),
+            ..Edits::default()
+        };
+        let lib_edits = Edits {
+            run_path: Some(RunPathEdit::Set(
+                long_run_path("$ORIGIN", "lib").into_bytes(),
+            )),
+            ..Edits::default()
+        };
+        let exe_states = in_place_states(&fx.exe, &exe_edits);
+        let lib_states = in_place_states(&fx.lib, &lib_edits);
+        let original_lib = fs::read(&fx.lib).unwrap();
+        for (step, exe) in exe_states.iter().enumerate() {
+            fs::write(&fx.exe, exe).unwrap();
+            assert_greets(&[&fx.exe]);
+            // From the staging table on, the loader reads the new interpreter.
+            let interp = if step == 0 { HOST_LD } else { ld.as_str() };
+            assert_eq!(
+                print("--print-interpreter", &fx.exe),
+                interp,
+                "{kind}, step {step}"
+            );
+        }
+        for (step, lib) in lib_states.iter().enumerate() {
+            fs::write(&fx.lib, lib).unwrap();
+            assert_greets(&[&fx.exe]);
+            assert_readelf_clean(&fx.lib);
+            assert!(step < 4 || print("--print-rpath", &fx.lib).starts_with("$ORIGIN:"));
+        }
+        fs::write(&fx.lib, original_lib).unwrap();
+    }
+}

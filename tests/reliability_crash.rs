@@ -1,6 +1,7 @@
 //! `autopatch fix` of a conda environment and the package cache it is hard-linked from, killed
 //! with SIGKILL at random moments: after each kill every file is its original or its final
-//! form and every conda record is whole; `undo` then gives back the original tree byte for
+//! form, or (grown in place and killed between two steps) loads with the root's loader, and
+//! every conda record is whole; `undo` then gives back the original tree byte for
 //! byte, and a rerun reaches exactly the tree of an uninterrupted run (content, symlinks and
 //! hard links), with no temporary file left.
 //!
@@ -87,7 +88,7 @@ fn killed_runs_lose_nothing_and_reruns_finish_the_job() {
             completed_before_kill += 1;
         }
         let killed = snapshot(&tree);
-        assert_each_file_is_original_or_final(&killed, &pristine, &reference);
+        assert_each_file_is_original_final_or_loads(&root, &tree, &killed, &pristine, &reference);
 
         // Undo straight after the kill, or after a rerun finished the job.
         let undo_first = trial % 2 == 0;
@@ -158,24 +159,47 @@ fn run_and_kill(cache: &Path, tree: &Path, at: KillAt) -> bool {
     ended
 }
 
-fn assert_each_file_is_original_or_final(killed: &Snapshot, pristine: &Snapshot, done: &Snapshot) {
+fn assert_each_file_is_original_final_or_loads(
+    root: &common::NixRoot,
+    tree: &Path,
+    killed: &Snapshot,
+    pristine: &Snapshot,
+    done: &Snapshot,
+) {
     assert_eq!(
         killed.files.keys().collect::<Vec<_>>(),
         pristine.files.keys().collect::<Vec<_>>(),
         "a kill must neither remove nor add files (temporary ones aside)"
     );
     for (path, bytes) in &killed.files {
-        assert!(
-            Some(bytes) == pristine.files.get(path) || Some(bytes) == done.files.get(path),
-            "{} is neither its original nor its final form",
-            path.display()
-        );
+        if Some(bytes) != pristine.files.get(path) && Some(bytes) != done.files.get(path) {
+            assert_in_between_form_loads(root, tree, path, bytes);
+        }
         if path.starts_with("env/conda-meta") && path.extension().is_some_and(|e| e == "json") {
             serde_json::from_slice::<serde_json::Value>(bytes)
                 .unwrap_or_else(|e| panic!("{} is not whole: {e}", path.display()));
         }
     }
     assert_eq!(killed.links, pristine.links, "symlinks changed");
+}
+
+/// A file caught between two steps of an in-place rewrite: it must read as ELF and load.
+fn assert_in_between_form_loads(root: &common::NixRoot, tree: &Path, path: &Path, bytes: &[u8]) {
+    let elf = autopatch::elf::Elf::parse(bytes).unwrap_or_else(|e| {
+        panic!(
+            "{} is neither its original nor its final form, and does not read as ELF: {e}",
+            path.display()
+        )
+    });
+    if elf.is_static() || !path.starts_with("env") {
+        return;
+    }
+    let ldd = root.ldd(tree, &tree.join(path));
+    assert!(
+        ldd.ok,
+        "{} is neither its original nor its final form, and does not load:\n{ldd}",
+        path.display()
+    );
 }
 
 fn assert_undo_restores(tree: &Path, pristine: &Snapshot, what: &str) {

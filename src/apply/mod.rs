@@ -3,6 +3,9 @@
 //! owner where permitted, and extended attributes (such as `security.capability`).
 
 mod copy;
+mod inplace;
+
+pub use inplace::{InPlaceJob, complete as complete_in_place};
 
 use std::fs::{self, File, Metadata};
 use std::io;
@@ -206,17 +209,42 @@ pub struct Patched {
     pub bytes_written: u64,
 }
 
-/// An inode's new content, staged beside it and not yet renamed into place: what the undo
-/// journal records before any name is replaced.
+/// An inode's new content, planned and (when copied) staged beside it, before any name is
+/// replaced or any of its bytes overwritten: what the undo journal records.
 pub struct Staged<'a> {
     /// The names about to receive it.
     pub names: &'a [PathBuf],
     /// The original content.
     pub input: &'a [u8],
     pub rewrite: &'a Rewrite,
-    /// The staged new content.
-    pub file: &'a File,
     pub sha256: Option<&'a str>,
+    /// How the file is rewritten where it lies, when it is.
+    pub in_place: Option<&'a elf::InPlaceSteps>,
+}
+
+/// What became of an inode: written (or found as asked), or grown in place up to the header
+/// steps, which [`complete_in_place`] takes together with the rest of its batch.
+pub enum Started {
+    Done(Option<Patched>),
+    InPlace(Box<InPlaceJob>),
+}
+
+/// Patches one inode: in place when that is safe and spares a copy (see [`inplace`]), else as
+/// [`patch_inode`] does.
+pub fn start_patch(
+    names: &[PathBuf],
+    edits: &Edits,
+    want_hash: bool,
+    before_write: &dyn Fn(&Staged) -> io::Result<()>,
+) -> Result<Started, PatchError> {
+    if let Some(leased) = inplace::Leased::open(names) {
+        match inplace::prepare(leased, names, edits, want_hash, before_write)? {
+            inplace::Prepared::Unchanged => return Ok(Started::Done(None)),
+            inplace::Prepared::InPlace(job) => return Ok(Started::InPlace(job)),
+            inplace::Prepared::Copy => {}
+        }
+    }
+    patch_inode(names, edits, want_hash, before_write).map(Started::Done)
 }
 
 /// Rewrites one inode with `edits`, giving every name in `names` the new content while they
@@ -248,8 +276,8 @@ pub fn patch_inode(
         names: &names,
         input: input.bytes(),
         rewrite: &rewrite,
-        file: staged.as_file(),
         sha256: sha256.as_deref(),
+        in_place: None,
     })
     .map_err(|e| PatchError::io(first, "cannot write the undo journal", e))?;
     install(staged, &names)?;

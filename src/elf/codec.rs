@@ -103,6 +103,38 @@ impl Codec {
         out
     }
 
+    /// Decodes one program header of [`Codec::phdr_size`] bytes.
+    pub fn read_phdr(self, b: &[u8]) -> Segment {
+        let word = |at: usize| match self.class {
+            Class::Elf32 => u64::from(self.read_u32(&b[at..])),
+            Class::Elf64 => self.read_u64(&b[at..]),
+        };
+        // ELF64 puts p_flags second, ELF32 seventh.
+        let (flags_at, words_at, align_at) = match self.class {
+            Class::Elf32 => (24, 4, 28),
+            Class::Elf64 => (4, 8, 48),
+        };
+        let field = |i: usize| word(words_at + i * self.word_size());
+        Segment {
+            p_type: self.read_u32(b),
+            flags: self.read_u32(&b[flags_at..]),
+            offset: field(0),
+            vaddr: field(1),
+            paddr: field(2),
+            filesz: field(3),
+            memsz: field(4),
+            align: word(align_at),
+        }
+    }
+
+    /// Size of the ELF header.
+    pub fn ehdr_size(self) -> usize {
+        match self.class {
+            Class::Elf32 => 52,
+            Class::Elf64 => 64,
+        }
+    }
+
     pub fn dyn_entry(self, tag: i64, val: u64) -> Vec<u8> {
         let mut out = self.word(tag as u64);
         out.extend(self.word(val));

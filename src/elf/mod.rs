@@ -7,6 +7,7 @@
 mod codec;
 mod edit;
 mod error;
+mod inplace;
 mod read;
 mod region;
 mod rewrite;
@@ -14,6 +15,7 @@ mod strings;
 
 pub use edit::{Edits, RunPathEdit, plan};
 pub use error::ElfError;
+pub use inplace::{InPlaceSteps, in_place_steps};
 pub use read::{Class, DynEntry, Elf, RunPathKind, Section, Segment, VersionDef, VersionNeed};
 pub use rewrite::{Rewrite, TailMove, Write};
 

@@ -26,6 +26,17 @@ pub struct PatchEntry {
     pub names: Vec<Name>,
     pub original: Restore,
     pub new: NewForm,
+    /// Present when the inode was rewritten where it lies rather than replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place: Option<InPlaceHeaders>,
+}
+
+/// The ELF header before and after an in-place rewrite: which of them the file holds tells how
+/// far a killed rewrite got (any other header names the staging table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InPlaceHeaders {
+    pub original: Hex,
+    pub new: Hex,
 }
 
 /// The original content, as a rewrite of the new one: keep `[0, keep)`, move `moved` back, then
@@ -263,6 +274,7 @@ mod tests {
                 written_sha256: "00".into(),
                 sha256: None,
             },
+            in_place: None,
         });
         let line = serde_json::to_string(&entry).unwrap();
         assert!(!line.contains('\n'));

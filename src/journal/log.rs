@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::entry::{Entry, Name, NewForm, PatchEntry, Restore};
+use super::entry::{Entry, Hex, InPlaceHeaders, Name, NewForm, PatchEntry, Restore};
 use super::inverse::{self, Span};
 use super::{DIR, FILE, JournalError};
 use crate::apply::Staged;
@@ -106,7 +106,7 @@ impl Journals {
 
     /// Records, in the journal of `prefix`, the inode about to be replaced by `staged`.
     pub fn record_patch(&self, prefix: &Path, staged: &Staged) -> io::Result<()> {
-        let entry = patch_entry(prefix, staged)?;
+        let entry = patch_entry(prefix, staged);
         let journal = self.of(prefix).map_err(JournalError::into_source)?;
         journal.append(&Entry::Patch(entry))
     }
@@ -126,9 +126,9 @@ impl Journals {
     }
 }
 
-fn patch_entry(prefix: &Path, staged: &Staged) -> io::Result<PatchEntry> {
+fn patch_entry(prefix: &Path, staged: &Staged) -> PatchEntry {
     let written = inverse::written_spans(staged.rewrite);
-    Ok(PatchEntry {
+    PatchEntry {
         names: staged
             .names
             .iter()
@@ -137,11 +137,26 @@ fn patch_entry(prefix: &Path, staged: &Staged) -> io::Result<PatchEntry> {
         original: Restore::of(&inverse::inverse(staged.input, staged.rewrite)),
         new: NewForm {
             len: staged.rewrite.len,
-            written_sha256: digest_spans(staged.file, &written)?,
+            written_sha256: digest_windows(staged.input, staged.rewrite, &written),
             written: written.iter().map(|&(s, e)| [s, e - s]).collect(),
             sha256: staged.sha256.map(str::to_string),
         },
-    })
+        in_place: staged.in_place.map(|steps| InPlaceHeaders {
+            original: Hex(staged.input[..steps.leave.bytes.len()].to_vec()),
+            new: Hex(steps.leave.bytes.clone()),
+        }),
+    }
+}
+
+/// SHA-256 (hex) of the bytes at `spans` of `rewrite` applied to `input`, computed without
+/// building the output: the same as [`digest_spans`] of the written file.
+fn digest_windows(input: &[u8], rewrite: &crate::elf::Rewrite, spans: &[Span]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for &(start, end) in spans {
+        hasher.update(inverse::window(input, rewrite, start, end));
+    }
+    super::entry::to_hex(&hasher.finalize())
 }
 
 /// SHA-256 (hex) of the bytes of `file` at `spans`.

@@ -4,7 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::entry::{Entry, PatchEntry};
+use super::entry::{Entry, InPlaceHeaders, PatchEntry};
 use super::{JournalError, Journals, has_new_form, holds, log};
 use crate::scan::MappedFile;
 
@@ -33,7 +33,10 @@ pub fn recover(prefix: &Path, journals: &Journals) -> Result<Recovered, JournalE
     for entry in &entries[start..] {
         match entry {
             Entry::Patch(p) => {
-                recovered.relinked += relink(prefix, p);
+                match &p.in_place {
+                    Some(headers) => settle_in_place(prefix, p, headers),
+                    None => recovered.relinked += relink(prefix, p),
+                }
                 recovered
                     .records
                     .extend(p.names.iter().map(|n| n.under(prefix)));
@@ -82,4 +85,69 @@ fn relink(prefix: &Path, entry: &PatchEntry) -> usize {
         }
     }
     relinked
+}
+
+/// Ends an in-place rewrite that a kill interrupted. Past its last header step, only the
+/// staging area is left to cut off; before it, the original is put back (the ranges first,
+/// while the staging table serves the loader, then the header, then the length), and this run
+/// patches the file again.
+fn settle_in_place(prefix: &Path, entry: &PatchEntry, headers: &InPlaceHeaders) {
+    let Some(name) = entry
+        .names
+        .iter()
+        .map(|n| n.under(prefix))
+        .find(|n| n.is_file())
+    else {
+        return;
+    };
+    if has_new_form(&name, &entry.new).unwrap_or(false) {
+        return;
+    }
+    match put_back_in_place(&name, entry, headers) {
+        Ok(true) => tracing::info!("{}: settled an interrupted rewrite", name.display()),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            "{}: cannot settle an interrupted rewrite: {e}; run `autopatch undo` on it",
+            name.display()
+        ),
+    }
+}
+
+/// Returns whether the file was changed.
+fn put_back_in_place(
+    name: &Path,
+    entry: &PatchEntry,
+    headers: &InPlaceHeaders,
+) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name)?;
+    let mut ehdr = vec![0u8; headers.new.0.len()];
+    file.read_exact_at(&mut ehdr, 0)?;
+    let len = file.metadata()?.len();
+    if ehdr == headers.new.0 {
+        file.set_len(entry.new.len)?;
+    } else if ehdr == headers.original.0 {
+        if len == entry.original.len {
+            return Ok(false);
+        }
+        file.set_len(entry.original.len)?;
+    } else if len > entry.new.len {
+        // The staging table serves the loader: nothing else can have written this header.
+        let ehdr_len = ehdr.len() as u64;
+        for b in &entry.original.bytes {
+            let skip = ehdr_len.saturating_sub(b.offset) as usize;
+            if let Some(rest) = b.hex.0.get(skip..).filter(|r| !r.is_empty()) {
+                file.write_all_at(rest, b.offset + skip as u64)?;
+            }
+        }
+        file.write_all_at(&headers.original.0, 0)?;
+        file.set_len(entry.original.len)?;
+    } else {
+        return Ok(false);
+    }
+    file.sync_all()?;
+    Ok(true)
 }
