@@ -27,8 +27,12 @@ pub struct Leased {
 impl Leased {
     /// Opens `names[0]` for an in-place rewrite, or `None` when it must be copied instead: it
     /// has links outside `names`, is setuid or setgid or has file capabilities (an in-place
-    /// write would clear them), is executing, or is open elsewhere.
+    /// write would clear them), is executing, or is open elsewhere. A name in a directory the
+    /// user made read-only is refused by the copy, as it should be.
     pub fn open(names: &[PathBuf]) -> Option<Leased> {
+        if !names.iter().all(|n| dir_is_writable(n)) {
+            return None;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -43,6 +47,19 @@ impl Leased {
             && !has_capabilities(&file);
         (eligible && take_write_lease(&file)).then_some(Leased { file, meta })
     }
+}
+
+fn dir_is_writable(name: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = name
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access reads a NUL-terminated path and has no other effect.
+    unsafe { libc::access(dir.as_ptr(), libc::W_OK) == 0 }
 }
 
 fn has_capabilities(file: &File) -> bool {

@@ -87,6 +87,22 @@ fn relink(prefix: &Path, entry: &PatchEntry) -> usize {
     relinked
 }
 
+/// Settles the in-place rewrites among the entries after the last `done` line: what undo does
+/// first, so that each file is its original or its new form.
+pub(super) fn settle_interrupted_in_place(prefix: &Path, entries: &[Entry]) {
+    let start = entries
+        .iter()
+        .rposition(|e| matches!(e, Entry::Done))
+        .map_or(0, |i| i + 1);
+    for entry in &entries[start..] {
+        if let Entry::Patch(p) = entry
+            && let Some(headers) = &p.in_place
+        {
+            settle_in_place(prefix, p, headers);
+        }
+    }
+}
+
 /// Ends an in-place rewrite that a kill interrupted. Past its last header step, only the
 /// staging area is left to cut off; before it, the original is put back (the ranges first,
 /// while the staging table serves the loader, then the header, then the length), and this run

@@ -133,6 +133,7 @@ fn undo_prefix(
 ) -> Result<PrefixUndo, UndoError> {
     let entries = log::read(prefix)?.unwrap_or_default();
     sweep(prefix, &entries, locked_at);
+    super::recover::settle_interrupted_in_place(prefix, &entries);
     let mut outcomes: BTreeMap<PathBuf, FileOutcome> = BTreeMap::new();
     let patches: Vec<&PatchEntry> = entries
         .iter()

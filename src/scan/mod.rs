@@ -55,28 +55,39 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
     for root in roots {
         walk_root(root, &mut result, &mut candidates, &mut links);
     }
-    let elf_flags: Vec<Option<String>> = candidates
+    // Hard links (a conda environment is mostly links into the package cache) are read once.
+    let mut by_id: BTreeMap<InodeId, Vec<(PathBuf, fs::Metadata)>> = BTreeMap::new();
+    for (path, meta) in candidates {
+        let id = InodeId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        by_id.entry(id).or_default().push((path, meta));
+    }
+    let by_id: Vec<(InodeId, Vec<(PathBuf, fs::Metadata)>)> = by_id.into_iter().collect();
+    let elf_flags: Vec<Option<String>> = by_id
         .par_iter()
-        .map(|(path, _)| starts_with_elf_magic(path).err())
+        .map(|(_, names)| starts_with_elf_magic(&names[0].0).err())
         .collect();
     let mut by_inode: BTreeMap<InodeId, Inode> = BTreeMap::new();
-    for ((path, meta), failure) in candidates.into_iter().zip(elf_flags) {
+    for ((id, names), failure) in by_id.into_iter().zip(elf_flags) {
         match failure {
             Some(reason) if reason.is_empty() => {}
-            Some(reason) => result.errors.push((path, reason)),
+            Some(reason) => result
+                .errors
+                .extend(names.into_iter().map(|(path, _)| (path, reason.clone()))),
             None => {
-                let id = InodeId {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                };
-                let inode = by_inode.entry(id).or_insert_with(|| Inode {
+                let meta = &names[0].1;
+                by_inode.insert(
                     id,
-                    names: Vec::new(),
-                    nlink: meta.nlink(),
-                    len: meta.len(),
-                    mode: meta.mode() & 0o7777,
-                });
-                inode.names.push(path);
+                    Inode {
+                        id,
+                        nlink: meta.nlink(),
+                        len: meta.len(),
+                        mode: meta.mode() & 0o7777,
+                        names: names.into_iter().map(|(path, _)| path).collect(),
+                    },
+                );
             }
         }
     }
