@@ -247,6 +247,22 @@ fn write(c: &mut Criterion, fx: &Fixture) {
             BatchSize::PerIteration,
         )
     });
+    g.bench_function("start_patch growth of ls in place (steps, no flush)", |b| {
+        b.iter_batched(
+            || fs::copy(&source, &target).unwrap(),
+            |_| {
+                let names = std::slice::from_ref(&target);
+                match apply::start_patch(names, &edits, false, &no_journal).unwrap() {
+                    apply::Started::InPlace(job) => {
+                        let done = apply::complete_in_place(vec![((), job)], &|| Ok(()));
+                        done[0].1.as_ref().unwrap().len
+                    }
+                    apply::Started::Done(_) => panic!("ls was not grown in place"),
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.bench_function(
         "patch_inode growth of ls, with SHA-256 for conda-meta",
         |b| {

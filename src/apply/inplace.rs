@@ -13,7 +13,7 @@ use std::sync::Once;
 
 use rayon::prelude::*;
 
-use super::{ApplyError, PatchError, Patched, Staged, hash_file};
+use super::{ApplyError, PatchError, Patched, Staged};
 use crate::elf::{self, Edits, Elf, InPlaceSteps, Write};
 
 /// An inode opened for writing under a write lease: the kernel grants it only while no other
@@ -88,7 +88,7 @@ pub struct InPlaceJob {
     /// The original bytes of every range the steps overwrite, ELF header first.
     original: Vec<Write>,
     original_len: u64,
-    want_hash: bool,
+    sha256: Option<String>,
     bytes_written: u64,
 }
 
@@ -124,11 +124,14 @@ pub fn prepare(
     let Some(steps) = elf::in_place_steps(&elf, &rewrite) else {
         return Ok(Prepared::Copy);
     };
+    // Hashed before the write, from the original and the rewrite: the journal keeps it to tell
+    // a later change by someone else.
+    let sha256 = want_hash.then(|| hash_rewritten(data, &rewrite));
     before_write(&Staged {
         names,
         input: data,
         rewrite: &rewrite,
-        sha256: None,
+        sha256: sha256.as_deref(),
         in_place: Some(&steps),
     })
     .map_err(|e| PatchError::io(first, "cannot write the undo journal", e))?;
@@ -139,7 +142,7 @@ pub fn prepare(
         names: names.to_vec(),
         original,
         original_len: leased.meta.len(),
-        want_hash,
+        sha256,
         bytes_written: rewrite.bytes_written(),
         steps,
     };
@@ -213,18 +216,31 @@ impl InPlaceJob {
     }
 
     fn finish(self) -> Result<Patched, PatchError> {
-        let sha256 = self
-            .want_hash
-            .then(|| hash_file(&self.file))
-            .transpose()
-            .map_err(|e| PatchError::io(self.path(), "cannot hash the new content", e))?;
         Ok(Patched {
             len: self.steps.len,
-            sha256,
+            sha256: self.sha256,
             bytes_written: self.bytes_written,
             names: self.names,
         })
     }
+}
+
+/// SHA-256 (hex) of `rewrite` applied to `input`, a window at a time.
+fn hash_rewritten(input: &[u8], rewrite: &elf::Rewrite) -> String {
+    use sha2::{Digest, Sha256};
+    const WINDOW: u64 = 1 << 20;
+    let mut hasher = Sha256::new();
+    let mut at = 0;
+    while at < rewrite.len {
+        let end = (at + WINDOW).min(rewrite.len);
+        hasher.update(rewrite.window(input, at, end));
+        at = end;
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn write_all(file: &File, writes: &[Write]) -> io::Result<()> {

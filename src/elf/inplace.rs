@@ -80,28 +80,8 @@ struct FinalView<'a> {
 }
 
 impl FinalView<'_> {
-    /// The final bytes `[offset, offset + len)`: the input's, overlaid by every write in order.
     fn bytes(&self, offset: u64, len: u64) -> Vec<u8> {
-        let end = offset + len;
-        let mut out = vec![0u8; len as usize];
-        let kept = self.input.len() as u64;
-        if offset < kept {
-            let upto = end.min(kept);
-            out[..(upto - offset) as usize]
-                .copy_from_slice(&self.input[offset as usize..upto as usize]);
-        }
-        for w in &self.rewrite.writes {
-            let (from, to) = (
-                w.offset.max(offset),
-                (w.offset + w.bytes.len() as u64).min(end),
-            );
-            if from < to {
-                out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
-                    &w.bytes[(from - w.offset) as usize..(to - w.offset) as usize],
-                );
-            }
-        }
-        out
+        self.rewrite.window(self.input, offset, offset + len)
     }
 
     fn holds(&self, offset: u64, len: u64) -> bool {

@@ -45,6 +45,28 @@ impl Rewrite {
         writes + self.tail.map_or(0, |t| t.len)
     }
 
+    /// Bytes `[start, end)` of the output, computed without building the whole of it.
+    pub fn window(&self, input: &[u8], start: u64, end: u64) -> Vec<u8> {
+        let mut out = vec![0u8; (end - start) as usize];
+        let keep = self.keep.min(input.len() as u64);
+        let mut place = |dst: u64, src: &[u8]| {
+            let (s, e) = (dst.max(start), (dst + src.len() as u64).min(end));
+            if s < e {
+                let from = (s - dst) as usize;
+                out[(s - start) as usize..(e - start) as usize]
+                    .copy_from_slice(&src[from..from + (e - s) as usize]);
+            }
+        };
+        place(0, &input[..keep as usize]);
+        if let Some(t) = self.tail {
+            place(t.to, &input[t.from as usize..(t.from + t.len) as usize]);
+        }
+        for w in &self.writes {
+            place(w.offset, &w.bytes);
+        }
+        out
+    }
+
     /// Applies the rewrite to an in-memory copy of the input.
     pub fn apply(&self, input: &[u8]) -> Vec<u8> {
         let mut out = vec![0u8; self.len as usize];

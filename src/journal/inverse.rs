@@ -71,28 +71,6 @@ pub fn inverse(input: &[u8], rewrite: &Rewrite) -> Rewrite {
     }
 }
 
-/// Bytes `[start, end)` of `rewrite.apply(data)`, computed without building the whole output.
-pub fn window(data: &[u8], rewrite: &Rewrite, start: u64, end: u64) -> Vec<u8> {
-    let mut out = vec![0u8; (end - start) as usize];
-    let keep = rewrite.keep.min(data.len() as u64);
-    let mut place = |dst: u64, src: &[u8]| {
-        let (s, e) = (dst.max(start), (dst + src.len() as u64).min(end));
-        if s < e {
-            let from = (s - dst) as usize;
-            out[(s - start) as usize..(e - start) as usize]
-                .copy_from_slice(&src[from..from + (e - s) as usize]);
-        }
-    };
-    place(0, &data[..keep as usize]);
-    if let Some(t) = rewrite.tail {
-        place(t.to, &data[t.from as usize..(t.from + t.len) as usize]);
-    }
-    for w in &rewrite.writes {
-        place(w.offset, &w.bytes);
-    }
-    out
-}
-
 /// Sorts and merges spans, dropping empty ones.
 fn normalize(mut spans: Vec<Span>) -> Vec<Span> {
     spans.retain(|s| s.0 < s.1);
@@ -184,7 +162,7 @@ mod tests {
             let output = rewrite.apply(&input);
             let (start, end) = (a.min(b).min(rewrite.len), a.max(b).min(rewrite.len));
             prop_assert_eq!(
-                window(&input, &rewrite, start, end),
+                rewrite.window(&input, start, end),
                 output[start as usize..end as usize].to_vec()
             );
         }

@@ -154,7 +154,7 @@ fn digest_windows(input: &[u8], rewrite: &crate::elf::Rewrite, spans: &[Span]) -
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for &(start, end) in spans {
-        hasher.update(inverse::window(input, rewrite, start, end));
+        hasher.update(rewrite.window(input, start, end));
     }
     super::entry::to_hex(&hasher.finalize())
 }

@@ -80,6 +80,6 @@ fn holds(path: &Path, data: &[u8], rewrite: &crate::elf::Rewrite) -> bool {
     }
     (0..rewrite.len).step_by(CHUNK as usize).all(|start| {
         let end = (start + CHUNK).min(rewrite.len);
-        inverse::window(data, rewrite, start, end) == bytes[start as usize..end as usize]
+        rewrite.window(data, start, end) == bytes[start as usize..end as usize]
     })
 }
