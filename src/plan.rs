@@ -499,19 +499,14 @@ fn library_names<'s, 'i>(
     scan: &'s ScanResult,
     info_of: &dyn Fn(InodeId) -> Option<&'i FileInfo>,
 ) -> Vec<(&'s Path, &'i FileInfo)> {
-    use std::os::unix::fs::MetadataExt;
     let mut found = Vec::new();
     for inode in &scan.elf_inodes {
         if let Some(info) = info_of(inode.id) {
             found.extend(inode.names.iter().map(|n| (n.as_path(), info)));
         }
     }
-    for (link, target) in &scan.symlinks {
-        let id = std::fs::metadata(target).ok().map(|meta| InodeId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        });
-        if let Some(info) = id.and_then(info_of) {
+    for (link, id) in &scan.symlinks {
+        if let Some(info) = info_of(*id) {
             found.push((link.as_path(), info));
         }
     }

@@ -39,8 +39,8 @@ pub struct ScanResult {
     /// Regular files that start with the ELF magic, by inode.
     pub elf_inodes: Vec<Inode>,
     /// Symlinks inside the roots to ELF files the scan found (their names matter to the loader's
-    /// search), as (link, target).
-    pub symlinks: Vec<(PathBuf, PathBuf)>,
+    /// search), with the inode they lead to.
+    pub symlinks: Vec<(PathBuf, InodeId)>,
     /// Entries that could not be read, with why.
     pub errors: Vec<(PathBuf, String)>,
     /// How many directory entries were looked at.
@@ -103,13 +103,6 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
         .elf_inodes
         .sort_by(|a, b| a.names[0].cmp(&b.names[0]));
     result.symlinks = links_to_elf_files(links, &result.elf_inodes);
-    let canonical_roots: Vec<PathBuf> = roots
-        .iter()
-        .filter_map(|r| fs::canonicalize(r).ok())
-        .collect();
-    result
-        .symlinks
-        .retain(|(_, target)| canonical_roots.iter().any(|r| target.starts_with(r)));
     result.symlinks.sort();
     result.errors.sort();
     result
@@ -158,10 +151,9 @@ fn walk_root(
     }
 }
 
-/// The links that lead to one of `elf_inodes`, with their canonical target. One `stat` (the
-/// kernel follows the link) sorts out the rest, which in a conda prefix are most (terminfo
-/// entries, headers, scripts): canonicalizing costs a `readlink` per path component.
-fn links_to_elf_files(links: Vec<PathBuf>, elf_inodes: &[Inode]) -> Vec<(PathBuf, PathBuf)> {
+/// The links that lead to one of `elf_inodes` (found under the roots, so the link never leads
+/// out of them), with that inode: one `stat` each, the kernel following the link.
+fn links_to_elf_files(links: Vec<PathBuf>, elf_inodes: &[Inode]) -> Vec<(PathBuf, InodeId)> {
     let ids: HashSet<InodeId> = elf_inodes.iter().map(|i| i.id).collect();
     links
         .into_par_iter()
@@ -171,11 +163,7 @@ fn links_to_elf_files(links: Vec<PathBuf>, elf_inodes: &[Inode]) -> Vec<(PathBuf
                 dev: meta.dev(),
                 ino: meta.ino(),
             };
-            if !meta.is_file() || !ids.contains(&id) {
-                return None;
-            }
-            let target = fs::canonicalize(&link).ok()?;
-            Some((link, target))
+            (meta.is_file() && ids.contains(&id)).then_some((link, id))
         })
         .collect()
 }
