@@ -30,6 +30,17 @@ const CACHE_FORMAT: u32 = 1;
 const LIB_DIRS: [&str; 2] = ["lib", "lib64"];
 const HASH_LEN: usize = 32;
 const NIX_BASE32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+/// By byte: whether it is a Nix base32 digit. A table, as the store's listing checks every byte
+/// of every hash.
+const IS_NIX_BASE32: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < NIX_BASE32.len() {
+        table[NIX_BASE32.as_bytes()[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Why the store could not be indexed.
 #[derive(Debug, Error)]
@@ -331,7 +342,9 @@ fn store_path_in(store: &Path, path: &Path) -> Option<PathBuf> {
 fn is_store_path_name(name: &str) -> bool {
     name.len() > HASH_LEN + 1
         && name.as_bytes()[HASH_LEN] == b'-'
-        && name[..HASH_LEN].chars().all(|c| NIX_BASE32.contains(c))
+        && name.as_bytes()[..HASH_LEN]
+            .iter()
+            .all(|&b| IS_NIX_BASE32[usize::from(b)])
 }
 
 /// The name without its hash: `zlib-1.3.1`.
