@@ -8,28 +8,43 @@
 //! (`libz.so.1.3.1`) are not what `DT_NEEDED` names, so they are left out.
 //!
 //! Store paths never change once valid, so the index is cached on disk and only store paths new
-//! since the last run are read.
+//! since the last run are read. The store directory itself is listed only when it changed since
+//! the cache was written (see `cache::StoreKey`).
+
+mod cache;
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::elf::{self, Class, Elf};
 use crate::scan::MappedFile;
+use cache::{Bytes, Entry, Lib, StoreKey, Table};
 
-/// The cache's file name; the number changes whenever its layout does.
-pub const CACHE_FILE: &str = "store-index-v1.json";
-const CACHE_FORMAT: u32 = 1;
+pub use cache::FILE_NAME as CACHE_FILE;
+
 /// Lib dirs searched in each store path, in the loader's order of preference.
 const LIB_DIRS: [&str; 2] = ["lib", "lib64"];
 const HASH_LEN: usize = 32;
 const NIX_BASE32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+/// By byte: whether it is a Nix base32 digit. A table, as the store's listing checks every byte
+/// of every hash.
+const IS_NIX_BASE32: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < NIX_BASE32.len() {
+        table[NIX_BASE32.as_bytes()[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Why the store could not be indexed.
 #[derive(Debug, Error)]
@@ -128,10 +143,12 @@ pub struct Refresh {
 }
 
 /// The shared libraries of a Nix store, by soname.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StoreIndex {
     store_dir: PathBuf,
-    by_soname: HashMap<String, Vec<Candidate>>,
+    table: Table,
+    /// The candidates of each of the table's sonames, built when first asked for.
+    by_soname: Vec<OnceLock<Vec<Candidate>>>,
     refresh: Refresh,
 }
 
@@ -143,44 +160,28 @@ impl StoreIndex {
             path: store_dir.to_path_buf(),
             source,
         })?;
-        let names = list_store_paths(&store)?;
         let cache_file = cache_dir.join(CACHE_FILE);
-        let mut cached = load_cache(&cache_file, &store);
-
-        let before = cached.len();
-        let present: HashSet<&str> = names.iter().map(String::as_str).collect();
-        cached.retain(|name, _| present.contains(name.as_str()));
-        let dropped = before - cached.len();
-
-        let new: Vec<&String> = names.iter().filter(|n| !cached.contains_key(*n)).collect();
-        let scanned: Vec<(String, StorePathLibs)> = new
-            .par_iter()
-            .map(|name| ((*name).clone(), scan_store_path(&store, name)))
-            .collect();
-        let refresh = Refresh {
-            reused: cached.len(),
-            scanned: scanned.len(),
-            dropped,
-        };
-        tracing::debug!(store = %store.display(), ?refresh, "store index refreshed");
-
-        // A path still being built or substituted holds a lock; it is used, but read again next
-        // time rather than cached half-written.
-        let (settled, in_progress): (Vec<_>, Vec<_>) = scanned
-            .into_iter()
-            .partition(|(name, _)| !is_in_progress(&store, name));
-        let cache_changed = dropped > 0 || !settled.is_empty();
-        cached.extend(settled);
-        if cache_changed {
-            save_cache(cache_dir, &cache_file, &store, &cached);
+        let cached = load_cache(&cache_file, &store);
+        match cached {
+            Some(table) if table.key() == Some(store_key(&store)?) => {
+                tracing::debug!(store = %store.display(), "store unchanged since cached: not listed");
+                let refresh = Refresh {
+                    reused: table.store_paths(),
+                    ..Refresh::default()
+                };
+                Ok(StoreIndex::new(store, table, refresh))
+            }
+            cached => refreshed(store, cache_dir, &cache_file, cached),
         }
+    }
 
-        let all = cached.iter().chain(in_progress.iter().map(|(n, l)| (n, l)));
-        Ok(StoreIndex {
-            by_soname: index_by_soname(&store, all),
-            store_dir: store,
+    fn new(store_dir: PathBuf, table: Table, refresh: Refresh) -> StoreIndex {
+        StoreIndex {
+            by_soname: (0..table.sonames()).map(|_| OnceLock::new()).collect(),
+            store_dir,
+            table,
             refresh,
-        })
+        }
     }
 
     /// The store directory, with symlinks resolved.
@@ -199,11 +200,38 @@ impl StoreIndex {
 
     /// Store libraries for `soname` that a `machine`/`class` binary can load, by store path.
     pub fn candidates(&self, soname: &str, machine: u16, class: Class) -> Vec<&Candidate> {
-        self.by_soname
-            .get(soname)
+        self.table
+            .soname_id(soname)
+            .and_then(|id| {
+                let built = self.by_soname.get(id)?;
+                Some(built.get_or_init(|| self.build_candidates(id, soname)))
+            })
             .into_iter()
             .flatten()
             .filter(|c| c.machine == machine && c.class == class)
+            .collect()
+    }
+
+    fn build_candidates(&self, id: usize, soname: &str) -> Vec<Candidate> {
+        self.table
+            .provided(id)
+            .map(|lib| {
+                let store_path = self.store_dir.join(lib.store_path);
+                let label = store_path_label(&store_path);
+                let (name, version) = split_name_version(label);
+                let lib_dir = store_path.join(lib.dir);
+                Candidate {
+                    soname: soname.to_owned(),
+                    path: lib_dir.join(soname),
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    lib_dir,
+                    store_path,
+                    machine: lib.machine,
+                    class: lib.class,
+                    glibc: lib.glibc.map(Path::to_path_buf),
+                }
+            })
             .collect()
     }
 
@@ -331,7 +359,9 @@ fn store_path_in(store: &Path, path: &Path) -> Option<PathBuf> {
 fn is_store_path_name(name: &str) -> bool {
     name.len() > HASH_LEN + 1
         && name.as_bytes()[HASH_LEN] == b'-'
-        && name[..HASH_LEN].chars().all(|c| NIX_BASE32.contains(c))
+        && name.as_bytes()[..HASH_LEN]
+            .iter()
+            .all(|&b| IS_NIX_BASE32[usize::from(b)])
 }
 
 /// The name without its hash: `zlib-1.3.1`.
@@ -432,101 +462,123 @@ fn compare_numbers(a: &str, b: &str) -> Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
-/// The cache file: for each store path name, the libraries it provides (most provide none).
-#[derive(Debug, Serialize, Deserialize)]
-struct CacheFile {
-    format: u32,
-    store_dir: PathBuf,
-    store_paths: BTreeMap<String, StorePathLibs>,
-}
+/// Lists the store and brings the cached index up to date: store paths it does not know (or
+/// knew only half-built) are read, those gone are dropped.
+fn refreshed(
+    store: PathBuf,
+    cache_dir: &Path,
+    cache_file: &Path,
+    cached: Option<Table>,
+) -> Result<StoreIndex> {
+    let listed_at = SystemTime::now();
+    let names = list_store_paths(&store)?;
+    // Taken after the listing: a change during it then shows as a new key next time.
+    let key = store_key(&store)?;
+    let mut entries = settled_entries(cached.as_ref());
+    let known = entries.len();
+    let new = keep_listed(&mut entries, &names);
+    let scanned: Vec<Entry> = new
+        .par_iter()
+        .map(|name| scan_store_path(&store, name))
+        .collect();
+    let refresh = Refresh {
+        reused: entries.len(),
+        scanned: scanned.len(),
+        dropped: known - entries.len(),
+    };
+    tracing::debug!(store = %store.display(), ?refresh, "store index refreshed");
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct StorePathLibs {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    glibc: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    libs: Vec<CachedLib>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct CachedLib {
-    /// `lib` or `lib64`.
-    dir: String,
-    soname: String,
-    machine: u16,
-    /// 32 or 64.
-    bits: u8,
-}
-
-fn class_bits(class: Class) -> u8 {
-    match class {
-        Class::Elf32 => 32,
-        Class::Elf64 => 64,
+    let learned = refresh.dropped > 0 || scanned.iter().any(|e| e.settled);
+    entries.extend(scanned);
+    let table = Table::build(
+        &store,
+        key.settled_before(listed_at).then_some(key),
+        entries,
+    );
+    if learned || cached.as_ref().map(Table::key) != Some(table.key()) {
+        save_cache(cache_dir, cache_file, table.bytes());
     }
+    Ok(StoreIndex::new(store, table, refresh))
 }
 
-fn class_of_bits(bits: u8) -> Option<Class> {
-    match bits {
-        32 => Some(Class::Elf32),
-        64 => Some(Class::Elf64),
-        _ => None,
+/// The cached entries but those of paths that were still being built.
+fn settled_entries(cached: Option<&Table>) -> Vec<Entry> {
+    let mut entries = cached.map(Table::entries).unwrap_or_default();
+    entries.retain(|e| e.settled);
+    entries
+}
+
+/// Keeps the `known` entries (sorted by name) that are listed in `names`; returns the names
+/// they do not cover.
+fn keep_listed<'a>(known: &mut Vec<Entry>, names: &'a [String]) -> Vec<&'a str> {
+    let mut listed = vec![false; known.len()];
+    let mut new = Vec::new();
+    for name in names {
+        match known.binary_search_by(|e| e.name.as_str().cmp(name)) {
+            Ok(i) => listed[i] = true,
+            Err(_) => new.push(name.as_str()),
+        }
     }
+    // `retain` visits the entries in order, once each.
+    let mut listed = listed.into_iter();
+    known.retain(|_| listed.next().unwrap_or(false));
+    new
 }
 
-fn load_cache(cache_file: &Path, store: &Path) -> BTreeMap<String, StorePathLibs> {
-    let bytes = match fs::read(cache_file) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return BTreeMap::new(),
+fn store_key(store: &Path) -> Result<StoreKey> {
+    fs::metadata(store)
+        .map(|meta| StoreKey::of(&meta))
+        .map_err(|source| StoreError::ReadStore {
+            path: store.to_path_buf(),
+            source,
+        })
+}
+
+/// The cache of `store`, if there is a readable one; a corrupt one is reported.
+fn load_cache(cache_file: &Path, store: &Path) -> Option<Table> {
+    let mapped = match MappedFile::open(cache_file) {
+        Ok(mapped) => mapped,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => {
             tracing::warn!(
                 "cannot read {}: {e}; rescanning the store",
                 cache_file.display()
             );
-            return BTreeMap::new();
+            return None;
         }
     };
-    match serde_json::from_slice::<CacheFile>(&bytes) {
-        Ok(cache) if cache.format == CACHE_FORMAT && cache.store_dir == store => cache.store_paths,
-        Ok(_) => BTreeMap::new(),
+    match Table::parse(Bytes::Mapped(mapped)) {
+        Ok(table) if table.store_dir() == store => Some(table),
+        Ok(_) => None,
         Err(e) => {
             tracing::warn!(
                 "{} is corrupt ({e}); rescanning the store and replacing it",
                 cache_file.display()
             );
-            BTreeMap::new()
+            None
         }
     }
 }
 
-fn save_cache(
-    cache_dir: &Path,
-    cache_file: &Path,
-    store: &Path,
-    store_paths: &BTreeMap<String, StorePathLibs>,
-) {
-    #[derive(Serialize)]
-    struct CacheFileRef<'a> {
-        format: u32,
-        store_dir: &'a Path,
-        store_paths: &'a BTreeMap<String, StorePathLibs>,
-    }
-    let cache = CacheFileRef {
-        format: CACHE_FORMAT,
-        store_dir: store,
-        store_paths,
-    };
+/// Replaces the cache file atomically, then removes caches of earlier formats.
+fn save_cache(cache_dir: &Path, cache_file: &Path, bytes: &[u8]) {
     let written = fs::create_dir_all(cache_dir).and_then(|()| {
         let mut temp = tempfile::NamedTempFile::new_in(cache_dir)?;
-        serde_json::to_writer(io::BufWriter::new(temp.as_file_mut()), &cache)?;
-        temp.as_file_mut().flush()?;
+        temp.write_all(bytes)?;
         temp.persist(cache_file).map_err(|e| e.error)?;
         Ok(())
     });
-    if let Err(e) = written {
-        tracing::warn!(
+    match written {
+        Ok(()) => {
+            for old in cache::OLD_FILE_NAMES {
+                // Left in place, an old cache only takes space.
+                let _ = fs::remove_file(cache_dir.join(old));
+            }
+        }
+        Err(e) => tracing::warn!(
             "cannot write the store index cache {}: {e}; the next run will scan the store again",
             cache_file.display()
-        );
+        ),
     }
 }
 
@@ -553,7 +605,9 @@ fn is_in_progress(store: &Path, name: &str) -> bool {
     store.join(format!("{name}.lock")).exists()
 }
 
-fn scan_store_path(store: &Path, name: &str) -> StorePathLibs {
+/// A path still being built or substituted holds a lock; it is used, but read again next time
+/// rather than cached half-written.
+fn scan_store_path(store: &Path, name: &str) -> Entry {
     let store_path = store.join(name);
     let mut seen_dirs = HashSet::new();
     let mut libs = Vec::new();
@@ -574,11 +628,16 @@ fn scan_store_path(store: &Path, name: &str) -> StorePathLibs {
     if split_name_version(store_path_label(&store_path)).0 == "glibc" {
         glibc = Some(store_path);
     }
-    StorePathLibs { glibc, libs }
+    Entry {
+        name: name.to_owned(),
+        glibc,
+        libs,
+        settled: !is_in_progress(store, name),
+    }
 }
 
 /// The shared objects of `<store path>/<dir>`, with the glibc each was built against.
-fn scan_lib_dir(store: &Path, store_path: &Path, dir: &str) -> Vec<(CachedLib, Option<PathBuf>)> {
+fn scan_lib_dir(store: &Path, store_path: &Path, dir: &'static str) -> Vec<(Lib, Option<PathBuf>)> {
     let Ok(entries) = fs::read_dir(store_path.join(dir)) else {
         return Vec::new();
     };
@@ -593,11 +652,11 @@ fn scan_lib_dir(store: &Path, store_path: &Path, dir: &str) -> Vec<(CachedLib, O
         .filter_map(|file_name| {
             let (machine, class, glibc) =
                 read_library(store, &store_path.join(dir).join(&file_name))?;
-            let lib = CachedLib {
-                dir: dir.to_string(),
+            let lib = Lib {
                 soname: file_name,
+                dir,
                 machine,
-                bits: class_bits(class),
+                class,
             };
             Some((lib, glibc))
         })
@@ -645,45 +704,12 @@ fn glibc_in_run_path(run_path: &[u8]) -> Option<PathBuf> {
     })
 }
 
-fn index_by_soname<'a>(
-    store: &Path,
-    store_paths: impl Iterator<Item = (&'a String, &'a StorePathLibs)>,
-) -> HashMap<String, Vec<Candidate>> {
-    let mut by_soname: HashMap<String, Vec<Candidate>> = HashMap::new();
-    for (name, libs) in store_paths {
-        let store_path = store.join(name);
-        let (package, version) = split_name_version(store_path_label(&store_path));
-        for lib in &libs.libs {
-            let Some(class) = class_of_bits(lib.bits) else {
-                continue;
-            };
-            let lib_dir = store_path.join(&lib.dir);
-            by_soname
-                .entry(lib.soname.clone())
-                .or_default()
-                .push(Candidate {
-                    soname: lib.soname.clone(),
-                    path: lib_dir.join(&lib.soname),
-                    lib_dir,
-                    store_path: store_path.clone(),
-                    name: package.to_string(),
-                    version: version.to_string(),
-                    machine: lib.machine,
-                    class,
-                    glibc: libs.glibc.clone(),
-                });
-        }
-    }
-    for candidates in by_soname.values_mut() {
-        candidates.sort_by(|a, b| a.path.cmp(&b.path));
-    }
-    by_soname
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::elf::{Edits, RunPathEdit};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     const HOST_LIBS: &str = "/lib/x86_64-linux-gnu";
 
@@ -737,6 +763,45 @@ mod tests {
 
         fn open(&self) -> StoreIndex {
             StoreIndex::open(&self.store, &self.cache).unwrap()
+        }
+
+        /// Dates the store's last change an hour back, so that its state can be trusted.
+        fn settle(&self) {
+            let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+            fs::File::open(&self.store)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+    }
+
+    /// What `f` logged, at debug level and above.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let log = Arc::clone(&log);
+            move || LogWriter(Arc::clone(&log))
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+        (out, text)
+    }
+
+    struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for LogWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
         }
     }
 
@@ -997,6 +1062,95 @@ mod tests {
         assert_eq!(index.refresh().scanned, 1);
         assert_eq!(libz(&index), ["zlib-1.3.1"]);
         assert_eq!(fake.open().refresh().scanned, 0);
+    }
+
+    #[test]
+    fn damaged_cache_is_rebuilt_with_a_warning() {
+        let Some(mut fake) = FakeStore::new() else {
+            return;
+        };
+        fake.add("zlib-1.3.1", &["libz.so.1"]);
+        fake.add("hello-2.12", &[]);
+        fake.open();
+        let cache_file = fake.cache.join(CACHE_FILE);
+        let good = fs::read(&cache_file).unwrap();
+        let mut changed = good.clone();
+        changed[good.len() / 2] ^= 1;
+        let damages = [
+            ("empty", Vec::new()),
+            ("truncated", good[..good.len() - 1].to_vec()),
+            ("a byte changed", changed),
+            ("not an index", br#"{"format": 1}"#.to_vec()),
+        ];
+        for (damage, bytes) in damages {
+            fs::write(&cache_file, bytes).unwrap();
+            let (index, log) = logged(|| fake.open());
+            assert_eq!(index.refresh().scanned, 2, "{damage}");
+            assert_eq!(libz(&index), ["zlib-1.3.1"], "{damage}");
+            assert!(log.contains("WARN"), "{damage}: {log}");
+            assert!(log.contains("is corrupt"), "{damage}: {log}");
+            assert_eq!(fake.open().refresh().scanned, 0, "{damage}: replaced");
+        }
+    }
+
+    #[test]
+    fn unchanged_store_is_not_listed_and_changes_are_seen() {
+        let Some(mut fake) = FakeStore::new() else {
+            return;
+        };
+        let old = fake.add("zlib-1.2.13", &["libz.so.1"]);
+        fake.add("hello-2.12", &[]);
+        fake.settle();
+        assert_eq!(fake.open().refresh().scanned, 2);
+        let (index, log) = logged(|| fake.open());
+        assert!(log.contains("not listed"), "{log}");
+        assert_eq!(
+            index.refresh(),
+            Refresh {
+                reused: 2,
+                scanned: 0,
+                dropped: 0
+            }
+        );
+        assert_eq!(libz(&index), ["zlib-1.2.13"]);
+
+        fake.add("zlib-1.3.1", &["libz.so.1"]);
+        fs::remove_dir_all(&old).unwrap();
+        let (index, log) = logged(|| fake.open());
+        assert!(!log.contains("not listed"), "{log}");
+        assert_eq!(
+            index.refresh(),
+            Refresh {
+                reused: 1,
+                scanned: 1,
+                dropped: 1
+            }
+        );
+        assert_eq!(libz(&index), ["zlib-1.3.1"]);
+
+        fake.settle();
+        fake.open();
+        let (index, log) = logged(|| fake.open());
+        assert!(log.contains("not listed"), "{log}");
+        assert_eq!(libz(&index), ["zlib-1.3.1"]);
+    }
+
+    #[test]
+    fn old_cache_is_removed() {
+        let Some(mut fake) = FakeStore::new() else {
+            return;
+        };
+        fake.add("zlib-1.3.1", &["libz.so.1"]);
+        fs::create_dir_all(&fake.cache).unwrap();
+        let old = fake.cache.join("store-index-v1.json");
+        fs::write(
+            &old,
+            r#"{"format":1,"store_dir":"/nix/store","store_paths":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(libz(&fake.open()), ["zlib-1.3.1"]);
+        assert!(!old.exists());
+        assert!(fake.cache.join(CACHE_FILE).is_file());
     }
 
     #[test]
