@@ -416,7 +416,18 @@ fn apply_plans(
     let mut files: Vec<FileResult> = others.into_iter().map(FileResult::untouched).collect();
     files.iter().for_each(|_| (options.on_file_done)());
     let dirs = roots_as_dirs(roots);
-    let flush = || apply::sync_filesystems(&dirs);
+    let flush = || {
+        journals.sync().map_err(|e| match e {
+            JournalError::Write { path, source } | JournalError::Read { path, source } => {
+                apply::ApplyError {
+                    path,
+                    action: "cannot flush the undo journal",
+                    source,
+                }
+            }
+        })?;
+        apply::sync_filesystems(&dirs)
+    };
     let mut to_patch = to_patch.into_iter().peekable();
     while to_patch.peek().is_some() {
         let batch: Vec<FilePlan> = to_patch.by_ref().take(BATCH).collect();

@@ -113,6 +113,9 @@ pub(crate) enum Probe {
 pub(crate) struct Objects {
     by_path: Mutex<HashMap<PathBuf, Probe>>,
     by_canonical: Mutex<HashMap<PathBuf, Probe>>,
+    /// Canonical paths of the directories probed in: a search tries many names in few
+    /// directories, and resolving a path costs a `readlink` per component.
+    dirs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
 }
 
 impl Objects {
@@ -121,7 +124,7 @@ impl Objects {
         if let Some(hit) = lock(&self.by_path).get(path) {
             return hit.clone();
         }
-        let probe = match std::fs::canonicalize(path) {
+        let probe = match self.canonical(path, 0) {
             Ok(canonical) => self.load(&canonical),
             // A path the loader cannot open (missing, not a directory, not permitted) is passed
             // over.
@@ -129,6 +132,34 @@ impl Objects {
         };
         lock(&self.by_path).insert(path.to_path_buf(), probe.clone());
         probe
+    }
+
+    /// `path` with every symbolic link resolved, as `fs::canonicalize` gives it, resolving its
+    /// directory once per directory.
+    fn canonical(&self, path: &Path, links_followed: u32) -> io::Result<PathBuf> {
+        const MAX_LINKS: u32 = 40;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return std::fs::canonicalize(path);
+        };
+        if links_followed > MAX_LINKS || name == ".." || parent.as_os_str().is_empty() {
+            return std::fs::canonicalize(path);
+        }
+        let dir = self.canonical_dir(parent)?;
+        let joined = dir.join(name);
+        if !std::fs::symlink_metadata(&joined)?.file_type().is_symlink() {
+            return Ok(joined);
+        }
+        let target = dir.join(std::fs::read_link(&joined)?);
+        self.canonical(&target, links_followed + 1)
+    }
+
+    fn canonical_dir(&self, dir: &Path) -> io::Result<PathBuf> {
+        if let Some(known) = lock(&self.dirs).get(dir) {
+            return known.clone().ok_or_else(|| io::ErrorKind::NotFound.into());
+        }
+        let canonical = std::fs::canonicalize(dir);
+        lock(&self.dirs).insert(dir.to_path_buf(), canonical.as_ref().ok().cloned());
+        canonical
     }
 
     /// The object at a canonical path, read once.

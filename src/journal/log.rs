@@ -67,13 +67,25 @@ impl Journal {
 
     /// Appends `entry` and returns once it is on disk.
     pub fn append(&self, entry: &Entry) -> io::Result<()> {
+        let seq = self.append_unsynced(entry)?;
+        self.sync_upto(seq)
+    }
+
+    /// Appends `entry`, leaving it to a later [`Journal::sync`]; returns its number.
+    fn append_unsynced(&self, entry: &Entry) -> io::Result<u64> {
         let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
         line.push(b'\n');
-        let seq = {
-            let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
-            (&self.file).write_all(&line)?;
-            self.appended.fetch_add(1, Ordering::SeqCst) + 1
-        };
+        let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        (&self.file).write_all(&line)?;
+        Ok(self.appended.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Returns once every line appended so far is on disk.
+    pub fn sync(&self) -> io::Result<()> {
+        self.sync_upto(self.appended.load(Ordering::SeqCst))
+    }
+
+    fn sync_upto(&self, seq: u64) -> io::Result<()> {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         if *synced < seq {
             let upto = self.appended.load(Ordering::SeqCst);
@@ -104,11 +116,28 @@ impl Journals {
         Ok(journal)
     }
 
-    /// Records, in the journal of `prefix`, the inode about to be replaced by `staged`.
+    /// Records, in the journal of `prefix`, the inode about to be replaced by `staged`. A
+    /// replacement waits for the line to be on disk; an in-place rewrite does not, as its
+    /// first change to existing bytes waits for [`Journals::sync`].
     pub fn record_patch(&self, prefix: &Path, staged: &Staged) -> io::Result<()> {
-        let entry = patch_entry(prefix, staged);
+        let entry = Entry::Patch(patch_entry(prefix, staged));
         let journal = self.of(prefix).map_err(JournalError::into_source)?;
-        journal.append(&Entry::Patch(entry))
+        match staged.in_place {
+            Some(_) => journal.append_unsynced(&entry).map(drop),
+            None => journal.append(&entry),
+        }
+    }
+
+    /// Puts every line appended so far, in every journal, on disk.
+    pub fn sync(&self) -> Result<(), JournalError> {
+        let open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for journal in open.values() {
+            journal.sync().map_err(|source| JournalError::Write {
+                path: journal.path().to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Marks the end of a complete run in every journal it used.
