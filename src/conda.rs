@@ -389,7 +389,13 @@ pub type ChangedFile<'a> = (&'a str, &'a str, u64);
 /// order and indentation is kept; each record is replaced atomically. Returns how many records
 /// were rewritten.
 pub fn update_records(prefix: &Path, changed: &[ChangedFile]) -> Result<usize> {
-    update_records_logged(prefix, changed, &mut |_, _| Ok(()))
+    let rewritten = update_records_logged(prefix, changed, &mut |_, _| Ok(()), &mut || Ok(()))?;
+    let meta = prefix.join("conda-meta");
+    crate::apply::sync_filesystems(&[meta]).map_err(|e| CondaError::Write {
+        path: e.path,
+        source: e.source,
+    })?;
+    Ok(rewritten)
 }
 
 /// The `sha256_in_prefix` and `size_in_bytes` of one `paths_data` entry, each `None` where the
@@ -429,12 +435,16 @@ impl RecordFields {
 }
 
 /// [`update_records`], telling `before_write` each record about to be rewritten (by path) and
-/// what its changed entries held before, so the change can be taken back.
+/// what its changed entries held before, so the change can be taken back; `before_writes_done`
+/// is called once they all were, before the first record is replaced. Records are replaced
+/// without a flush of their own: the caller flushes the filesystem once.
 pub fn update_records_logged(
     prefix: &Path,
     changed: &[ChangedFile],
     before_write: &mut dyn FnMut(&Path, Vec<RecordFields>) -> io::Result<()>,
+    before_writes_done: &mut dyn FnMut() -> io::Result<()>,
 ) -> Result<usize> {
+    use rayon::prelude::*;
     let meta = prefix.join("conda-meta");
     if changed.is_empty() || !meta.is_dir() {
         return Ok(0);
@@ -443,26 +453,50 @@ pub fn update_records_logged(
         .iter()
         .map(|&(path, sha, size)| (path, (sha, size)))
         .collect();
-    let mut rewritten = 0;
-    for record in record_paths(&meta)? {
-        if update_record(&record, &by_path, before_write)? {
-            rewritten += 1;
-        }
+    let updates: Vec<RecordUpdate> = record_paths(&meta)?
+        .into_par_iter()
+        .map(|record| planned_update(record, &by_path))
+        .filter_map(Result::transpose)
+        .collect::<Result<_>>()?;
+    for u in &updates {
+        before_write(&u.record, u.before.clone()).map_err(|source| CondaError::Journal {
+            path: u.record.clone(),
+            source,
+        })?;
     }
-    Ok(rewritten)
+    if let Some(first) = updates.first() {
+        before_writes_done().map_err(|source| CondaError::Journal {
+            path: first.record.clone(),
+            source,
+        })?;
+    }
+    for u in &updates {
+        write_atomically(&u.record, &u.text, false)?;
+    }
+    Ok(updates.len())
 }
 
-fn update_record(
-    record: &Path,
+/// A record's new text, with what its changed entries held before.
+struct RecordUpdate {
+    record: PathBuf,
+    text: Vec<u8>,
+    before: Vec<RecordFields>,
+}
+
+/// The update of `record`, or `None` when it lists none of `changed`.
+fn planned_update(
+    record: PathBuf,
     changed: &HashMap<&str, (&str, u64)>,
-    before_write: &mut dyn FnMut(&Path, Vec<RecordFields>) -> io::Result<()>,
-) -> Result<bool> {
-    let (text, mut json) = read_record(record)?;
+) -> Result<Option<RecordUpdate>> {
+    let (text, mut json) = match read_record_listing(&record, changed)? {
+        Some(read) => read,
+        None => return Ok(None),
+    };
     let Some(entries) = json
         .pointer_mut("/paths_data/paths")
         .and_then(Value::as_array_mut)
     else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut before = Vec::new();
     for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
@@ -483,15 +517,30 @@ fn update_record(
             before.push(old);
         }
     }
-    if before.is_empty() {
-        return Ok(false);
-    }
-    before_write(record, before).map_err(|source| CondaError::Journal {
+    Ok((!before.is_empty()).then(|| RecordUpdate {
+        text: render_like(&json, &text),
+        record,
+        before,
+    }))
+}
+
+/// The record parsed, when its text names one of `changed` (as a JSON string): most records of
+/// an environment list none of a run's files and are not parsed.
+fn read_record_listing(
+    record: &Path,
+    changed: &HashMap<&str, (&str, u64)>,
+) -> Result<Option<(String, Value)>> {
+    let text = fs::read_to_string(record).map_err(|source| CondaError::Read {
         path: record.to_path_buf(),
         source,
     })?;
-    write_atomically(record, &render_like(&json, &text))?;
-    Ok(true)
+    let mentions = changed
+        .keys()
+        .any(|path| serde_json::to_string(path).is_ok_and(|quoted| text.contains(quoted.as_str())));
+    if !mentions {
+        return Ok(None);
+    }
+    parse_record(record, text).map(Some)
 }
 
 /// Puts `fields` back into the record at `record`: each key takes the value it had, or is
@@ -526,7 +575,7 @@ pub fn restore_record_fields(record: &Path, fields: &[RecordFields]) -> Result<b
         }
     }
     if modified {
-        write_atomically(record, &render_like(&json, &text))?;
+        write_atomically(record, &render_like(&json, &text), true)?;
     }
     Ok(modified)
 }
@@ -536,6 +585,10 @@ fn read_record(record: &Path) -> Result<(String, Value)> {
         path: record.to_path_buf(),
         source,
     })?;
+    parse_record(record, text)
+}
+
+fn parse_record(record: &Path, text: String) -> Result<(String, Value)> {
     let json = serde_json::from_str(&text).map_err(|source| CondaError::Parse {
         path: record.to_path_buf(),
         source,
@@ -594,8 +647,9 @@ fn indentation_of(text: &str) -> Option<&str> {
 }
 
 /// Replaces `path` with `contents` through a temporary file in the same directory, keeping its
-/// permissions, so a crash leaves either the old record or the new one.
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+/// permissions, so a crash leaves either the old record or the new one; flushed first when
+/// `flush`, else the caller flushes the filesystem.
+fn write_atomically(path: &Path, contents: &[u8], flush: bool) -> Result<()> {
     let write_error = |source| CondaError::Write {
         path: path.to_path_buf(),
         source,
@@ -611,7 +665,9 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     temp.as_file()
         .set_permissions(permissions)
         .map_err(write_error)?;
-    temp.as_file().sync_all().map_err(write_error)?;
+    if flush {
+        temp.as_file().sync_all().map_err(write_error)?;
+    }
     temp.persist(path).map_err(|e| write_error(e.error))?;
     Ok(())
 }
@@ -872,12 +928,25 @@ mod tests {
         write(&record, original);
         let mut logged = Vec::new();
         let changed = [("lib/a.so", "a2", 11), ("lib/b.so", "b2", 21)];
-        let count = update_records_logged(prefix, &changed, &mut |path, fields| {
-            logged.push((path.to_path_buf(), fields));
-            Ok(())
-        })
+        let mut flushed = 0;
+        let count = update_records_logged(
+            prefix,
+            &changed,
+            &mut |path, fields| {
+                logged.push((path.to_path_buf(), fields));
+                Ok(())
+            },
+            &mut || {
+                flushed += 1;
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(count, 1);
+        assert_eq!(
+            flushed, 1,
+            "the log is flushed once, before the records change"
+        );
         assert_ne!(fs::read_to_string(&record).unwrap(), original);
         assert_eq!(logged.len(), 1);
         assert_eq!(logged[0].0, record);
@@ -896,9 +965,12 @@ mod tests {
         let record = dir.path().join("conda-meta/zlib-1-0.json");
         let original = r#"{"paths_data": {"paths": [{"_path": "lib/a.so", "size_in_bytes": 1}]}}"#;
         write(&record, original);
-        let err = update_records_logged(dir.path(), &[("lib/a.so", "ff", 2)], &mut |_, _| {
-            Err(io::Error::other("disk full"))
-        })
+        let err = update_records_logged(
+            dir.path(),
+            &[("lib/a.so", "ff", 2)],
+            &mut |_, _| Err(io::Error::other("disk full")),
+            &mut || Ok(()),
+        )
         .unwrap_err();
         assert!(matches!(err, CondaError::Journal { .. }), "{err}");
         assert_eq!(fs::read_to_string(&record).unwrap(), original);

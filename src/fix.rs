@@ -531,7 +531,7 @@ fn update_conda_records(
     recovered: &[(PathBuf, PathBuf)],
     journals: &Journals,
 ) -> Result<(), FixError> {
-    let mut by_prefix: BTreeMap<&Path, Vec<(String, String, u64)>> = BTreeMap::new();
+    let mut by_prefix: BTreeMap<&Path, Vec<NewRecordValues>> = BTreeMap::new();
     let conda = recovered
         .iter()
         .filter(|(prefix, _)| prefix.join("conda-meta").is_dir());
@@ -561,24 +561,42 @@ fn update_conda_records(
             }
         }
     }
-    for (prefix, files) in by_prefix {
-        let refs: Vec<crate::conda::ChangedFile> = files
-            .iter()
-            .map(|(p, s, l)| (p.as_str(), s.as_str(), *l))
-            .collect();
-        let mut keep_old = |record: &Path, fields| {
-            let entry = Entry::Records(RecordsEntry {
-                record: Name::relative(record, prefix),
-                fields,
-            });
-            journals
-                .of(prefix)
-                .map_err(JournalError::into_source)?
-                .append(&entry)
-        };
-        crate::conda::update_records_logged(prefix, &refs, &mut keep_old)
-            .map_err(|e| FixError::Records(prefix.to_path_buf(), e))?;
-    }
+    let by_prefix: Vec<(&Path, Vec<NewRecordValues>)> = by_prefix.into_iter().collect();
+    by_prefix
+        .par_iter()
+        .try_for_each(|(prefix, files)| update_prefix_records(prefix, files, journals))?;
+    let prefixes: Vec<PathBuf> = by_prefix
+        .iter()
+        .map(|(p, _)| p.join("conda-meta"))
+        .collect();
+    apply::sync_filesystems(&prefixes)?;
+    Ok(())
+}
+
+/// A file's path relative to its environment, new SHA-256 and new size.
+type NewRecordValues = (String, String, u64);
+
+/// Updates the records of one environment, the old values journaled first.
+fn update_prefix_records(
+    prefix: &Path,
+    files: &[NewRecordValues],
+    journals: &Journals,
+) -> Result<(), FixError> {
+    let refs: Vec<crate::conda::ChangedFile> = files
+        .iter()
+        .map(|(p, s, l)| (p.as_str(), s.as_str(), *l))
+        .collect();
+    let journal = journals.of(prefix)?;
+    let mut keep_old = |record: &Path, fields| {
+        let entry = Entry::Records(RecordsEntry {
+            record: Name::relative(record, prefix),
+            fields,
+        });
+        journal.append_unsynced(&entry).map(drop)
+    };
+    let mut journaled = || journal.sync();
+    crate::conda::update_records_logged(prefix, &refs, &mut keep_old, &mut journaled)
+        .map_err(|e| FixError::Records(prefix.to_path_buf(), e))?;
     Ok(())
 }
 

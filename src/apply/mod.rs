@@ -185,8 +185,14 @@ fn copy_xattrs(target: &Path, src: &File, dst: &File) -> Result<(), ApplyError> 
 /// one flush per file.
 pub fn sync_filesystems(dirs: &[PathBuf]) -> Result<(), ApplyError> {
     use std::os::fd::AsRawFd;
+    let mut synced = std::collections::HashSet::new();
     for dir in dirs {
         let file = File::open(dir).map_err(|e| ApplyError::new(dir, "cannot open to flush", e))?;
+        // One flush per filesystem is enough.
+        let device = file.metadata().map(|m| m.dev()).ok();
+        if device.is_some_and(|d| !synced.insert(d)) {
+            continue;
+        }
         // SAFETY: syncfs takes a valid descriptor and has no memory effects.
         if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
             return Err(ApplyError::new(

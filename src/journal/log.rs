@@ -72,7 +72,7 @@ impl Journal {
     }
 
     /// Appends `entry`, leaving it to a later [`Journal::sync`]; returns its number.
-    fn append_unsynced(&self, entry: &Entry) -> io::Result<u64> {
+    pub fn append_unsynced(&self, entry: &Entry) -> io::Result<u64> {
         let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
         line.push(b'\n');
         let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
