@@ -27,83 +27,29 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-scale=${AUTOPATCH_BENCH_SCALE:-1}
-bench=${AUTOPATCH_BENCH_DIR:-$here/target/bench}
 profile=${AUTOPATCH_BENCH_PROFILE:-1}
-repeat=${AUTOPATCH_BENCH_REPEAT:-3}
-helpers=$here/benches/fix_bench
 for tool in gcc patchelf python3 /usr/bin/time nix-store; do
     command -v "$tool" >/dev/null || { echo "fix_bench.sh: $tool not found" >&2; exit 1; }
 done
-
-mkdir -p "$bench"
-bench=$(cd "$bench" && pwd)
-pristine=$bench/pristine
-run=$bench/run
-results=$bench/results.tsv
-log=$bench/log.txt
-mkdir -p "$pristine" "$run" "$bench/bin"
-: >"$results"
-: >"$log"
-say() { echo "$*" | tee -a "$log" >&2; }
-
-# A copy of the binary: a rebuild in the work tree during the run must not change what runs.
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-ap=$bench/bin/autopatch
-cp "$here/target/release/autopatch" "$ap"
-bash "$here/testdata/nixroot/build.sh" "$here/target/nixroot" >/dev/null
-# shellcheck disable=SC1091
-. "$here/target/nixroot/env.sh"
+results="results.tsv"
+log="log.txt"
+# shellcheck source=benches/fix_bench/common.sh
+. "$here/benches/fix_bench/common.sh"
 store=/nix/store
 cache=$bench/cache
 fix=("$ap" fix --store "$store" --cache-dir "$cache" --interpreter "$NIXROOT_LD")
 
-say "machine: $(nproc) cores, $(free -g | awk '/^Mem/ {print $2}') GiB, $(uname -r)," \
-    "$(df -T "$bench" | awk 'NR == 2 {print $2}') at $bench; load average at start:" \
-    "$(cut -d' ' -f1-3 /proc/loadavg)"
-say "scale $scale, $repeat runs of each compared command"
-
-# Workloads, generated once per generator version and scale.
-stamp="$(sha256sum <"$helpers/workloads.py" | cut -c1-16)-$scale"
-if [ "$(cat "$pristine/w1.stamp" 2>/dev/null)" != "$stamp" ]; then
-    say "generating W1 and G"
-    rm -rf "$pristine/w1" "$pristine/grow" "$run/root"
-    # Installed where the runs take place: conda writes the prefix into some files.
-    python3 "$helpers/workloads.py" w1 "$run/root" "$scale"
-    mv "$run/root" "$pristine/w1"
-    python3 "$helpers/workloads.py" grow "$pristine/w1" "$pristine/grow"
-    echo "$stamp" >"$pristine/w1.stamp"
-fi
 if [ "$(cat "$pristine/w3.stamp" 2>/dev/null)" != "$stamp" ]; then
     say "generating W3"
     rm -rf "$pristine/w3"
     python3 "$helpers/workloads.py" w3 "$pristine/w3" "$scale"
     echo "$stamp" >"$pristine/w3.stamp"
 fi
-root=$run/root
 grow=$run/grow
-reset_w1() { rm -rf "$root" "$run/copy"; cp -a "$pristine/w1" "$root"; }
 # cp without --preserve=links gives every name its own inode.
 reset_w2() { rm -rf "$root" "$run/copy"; cp -R --preserve=mode,ownership,timestamps "$pristine/w1" "$root"; }
 reset_g() { rm -rf "$grow" "$run/copy"; cp -a "$pristine/grow" "$grow"; }
 
-# measure WORKLOAD RUN CMD...: one row of results.tsv: wall, user, sys (s), peak RSS (KiB) and
-# bytes written to storage (write_bytes of the shell around CMD, which counts its reaped
-# children). Dirty pages are flushed first, so that a run pays only for its own writes;
-# presync=0 leaves them, to time the flush of what the run before left.
-presync=1
-measure() {
-    local workload=$1 what=$2
-    shift 2
-    [ "$presync" = 0 ] || sync
-    # shellcheck disable=SC2016 # expanded by the inner shell: its pid, its arguments
-    /usr/bin/time -f '%e	%U	%S	%M' -o "$bench/time.txt" bash -c \
-        '"$@" >/dev/null 2>>"$0.err"; s=$?; awk "/^write_bytes/ {print \$2}" /proc/$$/io >"$0"; exit $s' \
-        "$bench/io.txt" "$@"
-    printf '%s\t%s\t%s\t%s\n' "$workload" "$what" "$(cat "$bench/time.txt")" \
-        "$(cat "$bench/io.txt")" >>"$results"
-    say "$workload, $what: $(cut -f1-4 <<<"$(cat "$bench/time.txt")") (wall user sys KiB)"
-}
 # then_sync WORKLOAD RUN DIR: the flush of what the run just measured left dirty in memory
 # (autopatch flushes its writes itself; patchelf and cp do not).
 then_sync() {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use autopatch::apply::{self, Staged};
 use autopatch::elf::{self, Edits, Elf, RunPathEdit};
 use autopatch::plan::{self, DirFacts, FileInfo, Settings};
-use autopatch::resolve::{FileToResolve, PrefixLib, PrefixLibs, Resolver};
+use autopatch::resolve::{DefinedVersions, FileToResolve, PrefixLib, PrefixLibs, Resolver};
 use autopatch::scan;
 use autopatch::store::{Preferences, StoreIndex};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -156,6 +156,7 @@ fn resolve(c: &mut Criterion, fx: &Fixture) {
         preferences: &preferences,
         ignore_missing: &ignore,
         depends: &depends,
+        defined_versions: DefinedVersions::default(),
     };
     let mut libs = PrefixLibs::new(fx.env.clone());
     for lib in PREFIX_LIBS {
@@ -180,6 +181,7 @@ fn resolve(c: &mut Criterion, fx: &Fixture) {
             needed: &info.needed,
             run_path: info.run_path.as_deref(),
             owner: None,
+            version_needs: &info.version_needs,
         };
         g.bench_function(name, |b| {
             b.iter(|| resolver.resolve(black_box(&file), &libs))

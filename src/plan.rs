@@ -9,9 +9,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::conda::CondaPrefix;
-use crate::elf::{Class, ET_DYN, Elf, RunPathKind};
+use crate::elf::{Class, ET_DYN, Elf, RunPathKind, VersionNeed};
 use crate::pip::PipSite;
-use crate::resolve::{FileToResolve, PrefixLib, PrefixLibs, Resolution, Resolver};
+use crate::resolve::{DefinedVersions, FileToResolve, PrefixLib, PrefixLibs, Resolution, Resolver};
 use crate::scan::{Inode, InodeId, MappedFile, ScanResult, skip_reason};
 use crate::store::{Preferences, StoreIndex};
 
@@ -41,6 +41,7 @@ pub struct FileInfo {
     pub run_path: Option<String>,
     pub needed: Vec<String>,
     pub soname: Option<String>,
+    pub version_needs: Vec<VersionNeed>,
     #[serde(skip)]
     pub skip: Option<&'static str>,
 }
@@ -61,6 +62,7 @@ impl FileInfo {
             run_path: elf.run_path().map(|(_, p)| text(p)),
             needed: elf.needed().into_iter().map(text).collect(),
             soname: elf.soname().map(text),
+            version_needs: elf.version_needs(),
             skip: skip_reason(&elf),
         })
     }
@@ -261,6 +263,7 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
         preferences: settings.preferences,
         ignore_missing: settings.ignore_missing,
         depends: &depends,
+        defined_versions: DefinedVersions::default(),
     };
 
     let mut plans: Vec<FilePlan> = scan
@@ -381,6 +384,7 @@ fn plan_file(
         needed: &info.needed,
         run_path: info.run_path.as_deref(),
         owner: plan.owner.as_deref(),
+        version_needs: &info.version_needs,
     };
     let resolution = resolver.resolve(&file, libs);
     plan.new_run_path = resolution.run_path.clone();

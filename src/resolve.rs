@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use globset::GlobSet;
 use serde::Serialize;
 
-use crate::elf::Class;
+use crate::elf::{Class, Elf, VersionNeed};
+use crate::scan::MappedFile;
 use crate::store::{Preferences, StoreIndex};
 
 /// Where NixOS puts the GPU driver's libraries.
@@ -149,6 +151,10 @@ pub struct Needed {
     #[serde(flatten)]
     pub provider: Provider,
     pub reason: String,
+    /// An entry the file already has whose copy lacks versions the file needs: the new entry
+    /// must come before it, as the loader takes the first copy it finds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
 }
 
 /// What a file needs and the run path that serves it.
@@ -175,6 +181,48 @@ pub struct FileToResolve<'a> {
     pub needed: &'a [String],
     pub run_path: Option<&'a str>,
     pub owner: Option<&'a str>,
+    pub version_needs: &'a [VersionNeed],
+}
+
+/// The versions each library defines, read once per path.
+#[derive(Debug, Default)]
+pub struct DefinedVersions(Mutex<HashMap<PathBuf, Arc<Vec<String>>>>);
+
+impl DefinedVersions {
+    /// Of `wanted`, those the library at `path` does not define. A library that cannot be read
+    /// or defines no versions at all lacks none: the loader does not check against it either.
+    fn missing(&self, path: &Path, wanted: &[String]) -> Vec<String> {
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let defined = self.of(path);
+        if defined.is_empty() {
+            return Vec::new();
+        }
+        wanted
+            .iter()
+            .filter(|v| !defined.contains(v))
+            .cloned()
+            .collect()
+    }
+
+    fn of(&self, path: &Path) -> Arc<Vec<String>> {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(path.to_path_buf())
+            .or_insert_with(|| Arc::new(read_version_defs(path)))
+            .clone()
+    }
+}
+
+/// The versions the library at `path` defines, following links as the loader does.
+fn read_version_defs(path: &Path) -> Vec<String> {
+    let Ok(file) = std::fs::canonicalize(path).and_then(|p| MappedFile::open(&p)) else {
+        return Vec::new();
+    };
+    Elf::parse(file.bytes())
+        .map(|elf| elf.version_defs().into_iter().map(|d| d.name).collect())
+        .unwrap_or_default()
 }
 
 /// Everything resolution consults outside the file itself.
@@ -184,6 +232,7 @@ pub struct Resolver<'a> {
     pub ignore_missing: &'a GlobSet,
     /// For a package, the packages it depends on, transitively (conda prefixes only).
     pub depends: &'a (dyn Fn(&str) -> Vec<String> + Sync),
+    pub defined_versions: DefinedVersions,
 }
 
 impl Resolver<'_> {
@@ -199,9 +248,9 @@ impl Resolver<'_> {
             .map(|soname| self.resolve_one(file, soname, origin, &existing, libs))
             .collect();
         let mut run_path: Vec<String> = existing.iter().map(|e| e.to_string()).collect();
-        for entry in needed.iter().filter_map(|n| n.provider.new_entry()) {
-            if !run_path.iter().any(|e| e == entry) {
-                run_path.push(entry.to_string());
+        for n in &needed {
+            if let Some(entry) = n.provider.new_entry() {
+                place_entry(&mut run_path, entry, n.before.as_deref());
             }
         }
         let joined = run_path.join(":");
@@ -220,28 +269,54 @@ impl Resolver<'_> {
         existing: &[&str],
         libs: &PrefixLibs,
     ) -> Needed {
-        let needed = |provider: Provider, reason: String| Needed {
+        let plain = |provider: Provider, reason: String| Needed {
             soname: soname.to_string(),
             provider,
             reason,
+            before: None,
         };
         if is_glibc_library(soname) {
-            return needed(
+            return plain(
                 Provider::Glibc,
                 "part of glibc: the interpreter's own lib dir".into(),
             );
         }
-        if let Some(entry) = existing
+        // The loader takes the first copy it finds: one without the versions the file needs
+        // makes an entry that has them go before it.
+        let mut short = None;
+        if let Some((entry, dir)) = existing
             .iter()
-            .find(|e| self.entry_serves(e, origin, soname, file, libs))
+            .find_map(|e| Some((*e, self.entry_dir(e, origin, soname, file, libs)?)))
         {
-            return needed(
+            let missing = self
+                .defined_versions
+                .missing(&dir.join(soname), wanted_versions(file, soname));
+            if missing.is_empty() {
+                return plain(
+                    Provider::RunPath {
+                        entry: entry.to_string(),
+                    },
+                    format!("already found through run path entry {entry}"),
+                );
+            }
+            short = Some((
+                entry,
+                format!("{entry} finds a copy without {}", missing.join(", ")),
+            ));
+        }
+        let needed = |provider: Provider, reason: String| match &short {
+            None => plain(provider, reason),
+            Some((entry, lacks)) if provider.new_entry().is_some() => Needed {
+                before: Some(entry.to_string()),
+                ..plain(provider, format!("{reason}; put before {lacks}"))
+            },
+            Some((entry, lacks)) => plain(
                 Provider::RunPath {
                     entry: entry.to_string(),
                 },
-                format!("already found through run path entry {entry}"),
-            );
-        }
+                format!("run path entry {lacks}; nothing else has it"),
+            ),
+        };
         if is_gpu_driver_library(soname) {
             return needed(
                 Provider::GpuDriver {
@@ -308,22 +383,25 @@ impl Resolver<'_> {
         )
     }
 
-    /// Whether an existing run path entry already finds `soname`. Only entries inside the
-    /// prefix, the store or the driver dir count: host paths do not exist on NixOS.
-    fn entry_serves(
+    /// The directory through which an existing run path entry finds `soname`, if it does. Only
+    /// entries inside the prefix, the store or the driver dir count: host paths do not exist on
+    /// NixOS.
+    fn entry_dir(
         &self,
         entry: &str,
         origin: &Path,
         soname: &str,
         file: &FileToResolve,
         libs: &PrefixLibs,
-    ) -> bool {
+    ) -> Option<PathBuf> {
         let dir = normalize(&expand_origin(entry, origin));
-        if dir.starts_with(&libs.root) {
-            return libs.dir_holds(&dir, soname, file.machine, file.class);
-        }
-        let in_store = self.store.is_some_and(|s| dir.starts_with(s.store_dir()));
-        (in_store || dir.starts_with(OPENGL_DRIVER_DIR)) && dir.join(soname).exists()
+        let holds = if dir.starts_with(&libs.root) {
+            libs.dir_holds(&dir, soname, file.machine, file.class)
+        } else {
+            let in_store = self.store.is_some_and(|s| dir.starts_with(s.store_dir()));
+            (in_store || dir.starts_with(OPENGL_DRIVER_DIR)) && dir.join(soname).exists()
+        };
+        holds.then_some(dir)
     }
 
     /// The prefix's copy of `soname`; among several, the one from a package the owner depends
@@ -369,6 +447,28 @@ impl Resolver<'_> {
                 format!("first of {} copies in the prefix", candidates.len()),
             )),
         }
+    }
+}
+
+/// The versions `file` needs of the library it loads as `soname`.
+fn wanted_versions<'f>(file: &'f FileToResolve, soname: &str) -> &'f [String] {
+    file.version_needs
+        .iter()
+        .find(|n| n.file == soname)
+        .map_or(&[], |n| &n.versions)
+}
+
+/// Adds `entry` to `run_path`, before `before` when given (moving it there if it comes later).
+fn place_entry(run_path: &mut Vec<String>, entry: &str, before: Option<&str>) {
+    let at = before.and_then(|b| run_path.iter().position(|e| e == b));
+    match (run_path.iter().position(|e| e == entry), at) {
+        (Some(now), Some(at)) if now > at => {
+            let moved = run_path.remove(now);
+            run_path.insert(at, moved);
+        }
+        (Some(_), _) => {}
+        (None, Some(at)) => run_path.insert(at, entry.to_string()),
+        (None, None) => run_path.push(entry.to_string()),
     }
 }
 
@@ -449,6 +549,24 @@ mod tests {
             ),
             "$ORIGIN/../../.."
         );
+    }
+
+    fn placed(run_path: &[&str], entry: &str, before: Option<&str>) -> Vec<String> {
+        let mut run_path: Vec<String> = run_path.iter().map(|e| e.to_string()).collect();
+        place_entry(&mut run_path, entry, before);
+        run_path
+    }
+
+    #[test]
+    fn an_entry_goes_before_the_one_whose_copy_falls_short() {
+        assert_eq!(placed(&["/a"], "/b", None), ["/a", "/b"]);
+        assert_eq!(placed(&["/a", "/s"], "/b", Some("/s")), ["/a", "/b", "/s"]);
+        assert_eq!(
+            placed(&["/s", "/a", "/b"], "/b", Some("/s")),
+            ["/b", "/s", "/a"]
+        );
+        assert_eq!(placed(&["/b", "/s"], "/b", Some("/s")), ["/b", "/s"]);
+        assert_eq!(placed(&["/s"], "/s", Some("/s")), ["/s"]);
     }
 
     #[test]

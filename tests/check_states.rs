@@ -1,6 +1,6 @@
 //! `autopatch check` run inside the NixOS-like root agrees, file by file, with the store's real
-//! loader on a conda environment in three states: unpatched, patched by `fix`, and patched then
-//! broken on purpose.
+//! loader on the prefixes `fix` is tested on, a conda environment and a venv with wheels, in three
+//! states: unpatched, patched by `fix`, and patched then broken on purpose.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::NixRoot;
 
-const SPECS: &[&str] = &["zstd", "tk", "bzip2", "openssl"];
+const SPECS: &[&str] = &["zstd", "tk", "bzip2", "openssl", "libstdcxx"];
 
 /// A copy of autopatch that runs inside the root: its interpreter and run path point into the
 /// store, edited by autopatch itself.
@@ -108,6 +108,56 @@ fn assert_agreement(
     verdicts.len()
 }
 
+/// Compares `check` with the real loader on `prefix` (inside `bound`, which is bound in the root)
+/// unpatched, after `fix` of `fix_target`, and after `break_it`, which returns files it broke.
+fn assert_three_states(
+    root: &NixRoot,
+    bound: &Path,
+    prefix: &Path,
+    fix_target: &Path,
+    break_it: impl FnOnce() -> Vec<PathBuf>,
+) {
+    let autopatch = autopatch_for_the_root(root, bound);
+    let unpatched = check_verdicts(root, bound, &autopatch, prefix);
+    assert!(
+        unpatched.values().any(|(ok, _)| !ok),
+        "unpatched files must fail in the root"
+    );
+    assert_agreement(root, bound, &autopatch, prefix, "unpatched");
+
+    let cache = tempfile::tempdir().unwrap();
+    let fix = common::fix(cache.path(), &[], &[fix_target]);
+    assert!(fix.status.success(), "fix failed");
+    let patched = check_verdicts(root, bound, &autopatch, prefix);
+    assert!(
+        patched.values().all(|(ok, _)| *ok),
+        "after fix everything loads: {patched:?}"
+    );
+    assert_agreement(root, bound, &autopatch, prefix, "patched");
+
+    let broken = break_it();
+    let verdicts = check_verdicts(root, bound, &autopatch, prefix);
+    for file in &broken {
+        assert!(
+            verdicts.get(file).is_some_and(|(ok, _)| !ok),
+            "{} must fail once broken: {:?}",
+            file.display(),
+            verdicts.get(file)
+        );
+    }
+    assert_agreement(root, bound, &autopatch, prefix, "broken");
+}
+
+/// Sets the run path of `file`, as `autopatch elf --set-rpath`.
+fn set_run_path(file: &Path, run_path: &Path) {
+    common::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_autopatch"))
+            .args(["elf", "--set-rpath"])
+            .arg(run_path)
+            .arg(file),
+    );
+}
+
 #[test]
 fn check_agrees_with_the_loader_unpatched_patched_and_broken() {
     let root = common::require_nixroot();
@@ -116,59 +166,49 @@ fn check_agrees_with_the_loader_unpatched_patched_and_broken() {
     };
     let work = tempfile::tempdir().unwrap();
     let env = cached.fresh_copy(&work.path().join("root"));
-    let autopatch = autopatch_for_the_root(&root, &env.root);
+    // Unpatched, it finds the store's libstdc++, older than it needs.
+    let newer = env.prefix.join("bin/needs-newer-glibcxx");
+    common::build_newer_glibcxx_program(&newer, &env.prefix.join("lib"), &root.ld, &root.gcc_lib);
 
-    let unpatched = check_verdicts(&root, &env.root, &autopatch, &env.prefix);
-    assert!(
-        unpatched.values().any(|(ok, _)| !ok),
-        "unpatched programs must fail in the root"
-    );
-    assert_agreement(&root, &env.root, &autopatch, &env.prefix, "unpatched");
+    // Broken on purpose: a library the env's programs need is deleted, a library's run path is
+    // pointed away from the prefix, and the program's at the store's older libstdc++ again.
+    let break_it = || {
+        let libz = fs::read_link(env.prefix.join("lib/libz.so.1")).unwrap();
+        fs::remove_file(env.prefix.join("lib").join(libz)).unwrap();
+        let tcl = env.prefix.join("lib/libtcl8.6.so");
+        set_run_path(&tcl, &root.gcc_lib);
+        set_run_path(&newer, &root.gcc_lib);
+        vec![tcl, env.prefix.join("bin/tclsh8.6"), newer.clone()]
+    };
+    assert_three_states(&root, &env.root, &env.prefix, &env.root, break_it);
+}
 
-    let fix = Command::new(env!("CARGO_BIN_EXE_autopatch"))
-        .arg("fix")
-        .arg("--cache-dir")
-        .arg(work.path().join("cache"))
-        .arg(&env.root)
-        .output()
-        .unwrap();
-    assert!(
-        fix.status.success(),
-        "fix: {}",
-        String::from_utf8_lossy(&fix.stderr)
-    );
-    let patched = check_verdicts(&root, &env.root, &autopatch, &env.prefix);
-    assert!(
-        patched.values().all(|(ok, _)| *ok),
-        "after fix everything loads: {patched:?}"
-    );
-    assert_agreement(&root, &env.root, &autopatch, &env.prefix, "patched");
+#[test]
+fn check_agrees_with_the_loader_on_a_venv_unpatched_patched_and_broken() {
+    let root = common::require_nixroot();
+    let Some(python) = root.python_or_skip() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let venv = work.path().join("venv");
+    let Some(()) = common::wheel_venv(&python, &venv) else {
+        return;
+    };
+    let site = common::site_packages(&venv);
+    let numpy_libs = site.join("numpy.libs");
 
-    // Broken on purpose: a library the env's programs need is deleted, and a library's run
-    // path is pointed away from the prefix.
-    let libz = fs::read_link(env.prefix.join("lib/libz.so.1")).unwrap();
-    fs::remove_file(env.prefix.join("lib").join(libz)).unwrap();
-    let tcl = env.prefix.join("lib/libtcl8.6.so");
-    let out = Command::new(env!("CARGO_BIN_EXE_autopatch"))
-        .args(["elf", "--set-rpath"])
-        .arg(&root.gcc_lib)
-        .arg(&tcl)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let broken = check_verdicts(&root, &env.root, &autopatch, &env.prefix);
-    let failing: Vec<&PathBuf> = broken
-        .iter()
-        .filter(|(_, (ok, _))| !ok)
-        .map(|(p, _)| p)
-        .collect();
-    assert!(
-        failing.contains(&&tcl),
-        "libtcl with a run path away from the prefix must fail"
-    );
-    assert!(
-        failing.len() > 2,
-        "deleting libz must break its users: {failing:?}"
-    );
-    assert_agreement(&root, &env.root, &autopatch, &env.prefix, "broken");
+    // Broken on purpose: the libgfortran numpy vendors is deleted (its OpenBLAS needs it), and a
+    // pandas extension's run path is pointed at a store path without libstdc++.
+    let break_it = || {
+        fs::remove_file(common::shared_object(&numpy_libs, "libgfortran")).unwrap();
+        let aggregations =
+            common::shared_object(&site.join("pandas/_libs/window"), "aggregations.");
+        set_run_path(&aggregations, &root.zlib_lib);
+        vec![
+            common::shared_object(&numpy_libs, "libscipy_openblas"),
+            common::shared_object(&site.join("numpy/_core"), "_multiarray_umath."),
+            aggregations,
+        ]
+    };
+    assert_three_states(&root, work.path(), &venv, &venv, break_it);
 }

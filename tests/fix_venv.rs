@@ -6,112 +6,14 @@
 
 mod common;
 
-use common::{elf_files, fix, run_ok};
+use common::{elf_files, fix, run_ok, shared_object, site_packages, text};
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
-
-/// Pinned so that reruns install the same wheels from the cache, offline.
-const SPECS: &[&str] = &["numpy==2.4.6", "pandas==3.1.1"];
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// pip, quiet and without looking for newer versions of itself.
-fn pip(venv: &Path) -> Command {
-    let mut cmd = Command::new(venv.join("bin/pip"));
-    cmd.env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env("PIP_NO_INPUT", "1");
-    cmd
-}
-
-/// The wheels of `SPECS` and their dependencies for the venv's Python, downloaded once into
-/// `target/wheels/` with the venv's pip (so the tags are the store python's).
-fn cached_wheels(venv: &Path) -> Result<PathBuf, String> {
-    let tag = run_ok(
-        Command::new(venv.join("bin/python"))
-            .args(["-c", "import sys; print(sys.implementation.cache_tag)"]),
-    )
-    .stdout;
-    let tag = String::from_utf8_lossy(&tag).trim().to_string();
-    let base = common::target_dir().join("wheels");
-    fs::create_dir_all(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
-    let dir = base.join(format!("{tag}-{}", SPECS.join("+")));
-    let marker = dir.join(".complete");
-
-    // One downloader at a time across test processes.
-    let lock_path = dir.with_extension("lock");
-    let lock = fs::File::create(&lock_path)
-        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
-    if marker.exists() {
-        return Ok(dir);
-    }
-    if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
-    }
-    let started = Instant::now();
-    let out = pip(venv)
-        .args(["download", "-q", "--only-binary=:all:", "-d"])
-        .arg(&dir)
-        .args(SPECS)
-        .output()
-        .map_err(|e| format!("running pip download: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "pip download {SPECS:?} (needs PyPI once; later runs use {}): {}",
-            dir.display(),
-            text(&out)
-        ));
-    }
-    eprintln!(
-        "downloaded the wheels to {} in {:.1?}",
-        dir.display(),
-        started.elapsed()
-    );
-    fs::write(&marker, SPECS.join("\n"))
-        .map_err(|e| format!("writing {}: {e}", marker.display()))?;
-    Ok(dir)
-}
-
-/// The venv's site-packages (`lib/python3.X/site-packages`).
-fn site_packages(venv: &Path) -> PathBuf {
-    let lib = venv.join("lib");
-    let python_dir = fs::read_dir(&lib)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("python3")
-        })
-        .unwrap_or_else(|| panic!("no python3.X in {}", lib.display()));
-    python_dir.join("site-packages")
-}
-
-/// The shared object in `dir` whose name starts with `stem` (extension modules carry an ABI
-/// tag, vendored libraries a hash).
-fn shared_object(dir: &Path, stem: &str) -> PathBuf {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with(stem) && (name.ends_with(".so") || name.contains(".so."))
-        })
-        .unwrap_or_else(|| panic!("no {stem}*.so in {}", dir.display()))
-}
 
 /// `path` with `..` applied, as the loader reports `$ORIGIN/../x` unnormalised.
 fn lexical(path: &Path) -> PathBuf {
@@ -211,24 +113,15 @@ fn fixed_venv_with_manylinux_wheels_imports_in_a_nixos_like_root() {
     let venv = work.path().join("venv");
     let cache = work.path().join("cache");
 
-    // The venv, made on the host by the store's python (the host runs store binaries too).
     let started = Instant::now();
-    run_ok(Command::new(&python).arg("-m").arg("venv").arg(&venv));
-    let wheels = match cached_wheels(&venv) {
-        Ok(dir) => dir,
-        Err(why) => match common::unavailable("the wheels", &why) {
-            Some(dir) => dir,
-            None => return,
-        },
+    let Some(()) = common::wheel_venv(&python, &venv) else {
+        return;
     };
-    run_ok(
-        pip(&venv)
-            .args(["install", "-q", "--no-index", "--only-binary=:all:"])
-            .arg("--find-links")
-            .arg(&wheels)
-            .args(SPECS),
+    eprintln!(
+        "venv with {:?} in {:.1?}",
+        common::VENV_WHEELS,
+        started.elapsed()
     );
-    eprintln!("venv with {SPECS:?} in {:.1?}", started.elapsed());
     let site = site_packages(&venv);
     let numpy_libs = site.join("numpy.libs");
     let multiarray = shared_object(&site.join("numpy/_core"), "_multiarray_umath.");

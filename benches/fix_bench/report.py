@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helpers of benches/fix_bench.sh that read autopatch's JSON plans.
+"""Helpers of benches/fix_bench.sh and benches/check_bench.sh: autopatch's JSON plans, tables.
 
 Usage:
   report.py pattern PLAN.json OUT.sh   the patchelf pattern for the files PLAN patches: per ELF
@@ -11,9 +11,12 @@ Usage:
   report.py table RESULTS.tsv          the README table and ratios (markdown) from the results
   report.py phases LOG START END       phases of a fix from its AUTOPATCH_LOG=debug log and the
                                        epoch seconds it was started and ended at
+  report.py check-table RESULTS COUNT  check_bench.sh's table (COUNT: `workloads.py count`, bytes)
+  report.py evict DIR                  drops the page cache of every file under DIR
 """
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -78,24 +81,71 @@ def plan_stats(plan_file):
           sum(len(f["names"]) for f in patch), len(patch))
 
 
+def medians(results_file):
+    """The runs of each (workload, run) as (wall, user+sys, peak RSS, I/O bytes), in the order
+    first seen, and the median of each by wall time."""
+    runs = {}
+    with open(results_file) as f:
+        for line in f:
+            workload, tool, wall, user, sys_, rss, io = line.rstrip("\n").split("\t")
+            runs.setdefault((workload, tool), []).append(
+                (float(wall), float(user) + float(sys_), int(rss), int(io)))
+    return runs, {k: sorted(v)[(len(v) - 1) // 2] for k, v in runs.items()}
+
+
+def spread(runs):
+    """The range of the walls of repeated runs, for beside their median."""
+    return f" ({min(runs)[0]:.2f}–{max(runs)[0]:.2f})" if len(runs) > 1 else ""
+
+
+def check_table(results_file, count_file):
+    """The README's table of check_bench.sh: per run, the files checked (from the summary line
+    check printed, in STATE.summary beside the results), the median wall, user+sys, peak RSS,
+    files per second and the bytes read from storage; then the size of the files checked.
+    COUNT holds `workloads.py count` and the bytes of all files under the root."""
+    runs, median = medians(results_file)
+    base = results_file.rsplit("/", 1)[0]
+    with open(count_file) as f:
+        elf_bytes, all_bytes = map(int, f.read().split()[2:4])
+    print("| run | files | wall | user+sys | peak RSS | files/s | read from storage |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for (workload, run), v in runs.items():
+        state = run.split(", ")[1]
+        with open(f"{base}/check-{state}.summary") as f:
+            files = int(re.search(r"checked (\d+) files", f.read()).group(1))
+        wall, cpu, rss, read = median[(workload, run)]
+        print(f"| {run} | {files:,} | {wall:.2f} s{spread(v)} | {cpu:.2f} s "
+              f"| {rss / 1024:.0f} MB | {files / wall:,.0f} | {read / 1e6:.0f} MB |")
+    print()
+    print(f"The files under the root: {all_bytes / 1e6:,.0f} MB, of which ELF files "
+          f"{elf_bytes / 1e6:,.0f} MB.")
+
+
+def evict(root):
+    """Drops the page cache of every regular file under ROOT (posix_fadvise DONTNEED)."""
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def table(results_file):
     """One line per (workload, run), the median run of those repeated (its wall, user+sys,
     peak RSS and bytes written; the range of the walls beside), then the ratios the targets
     are stated in, between medians. Stats of each workload (ELF paths, inodes, to patch) are
     read from WORKLOAD.stats beside the results."""
-    runs = {}
-    with open(results_file) as f:
-        for line in f:
-            workload, tool, wall, user, sys_, rss, written = line.rstrip("\n").split("\t")
-            runs.setdefault((workload, tool), []).append(
-                (float(wall), float(user) + float(sys_), int(rss), int(written)))
-    median = {k: sorted(v)[(len(v) - 1) // 2] for k, v in runs.items()}
+    runs, median = medians(results_file)
     print("| workload | run | wall | user+sys | peak RSS | bytes written |")
     print("|---|---|---:|---:|---:|---:|")
     for (w, t), v in runs.items():
         wall, cpu, rss, written = median[(w, t)]
-        spread = f" ({min(v)[0]:.2f}–{max(v)[0]:.2f})" if len(v) > 1 else ""
-        print(f"| {w} | {t} | {wall:.2f} s{spread} | {cpu:.2f} s | {rss / 1024:.0f} MB "
+        print(f"| {w} | {t} | {wall:.2f} s{spread(v)} | {cpu:.2f} s | {rss / 1024:.0f} MB "
               f"| {written / 1e6:.0f} MB |")
     print()
     base = results_file.rsplit("/", 1)[0]
@@ -153,7 +203,8 @@ def phases(log_file, start, end):
 
 def main(argv):
     cmds = {"pattern": (pattern, 2), "state": (state, 2), "compare": (compare, 2),
-            "plan-stats": (plan_stats, 1), "table": (table, 1), "phases": (phases, 3)}
+            "plan-stats": (plan_stats, 1), "table": (table, 1), "phases": (phases, 3),
+            "check-table": (check_table, 2), "evict": (evict, 1)}
     if len(argv) < 2 or argv[1] not in cmds or len(argv) != 2 + cmds[argv[1]][1]:
         print(__doc__, file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 /// Directory the host ld.so searches by default; run.sh binds the store glibc
 /// there, so the loader reports libraries found by default under this path.
@@ -704,4 +705,170 @@ pub fn fix(cache: &Path, extra: &[&str], paths: &[&Path]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+// ---------------------------------------------------------------------------
+// Venvs with wheels from PyPI
+// ---------------------------------------------------------------------------
+
+/// The wheels of the venv tests, pinned so that reruns install the same wheels from the cache,
+/// offline.
+pub const VENV_WHEELS: &[&str] = &["numpy==2.4.6", "pandas==3.1.1"];
+
+/// A command's stdout and stderr, as text.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// pip, quiet and without looking for newer versions of itself.
+fn pip(venv: &Path) -> Command {
+    let mut cmd = Command::new(venv.join("bin/pip"));
+    cmd.env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_NO_INPUT", "1");
+    cmd
+}
+
+/// The wheels of `VENV_WHEELS` and their dependencies for the venv's Python, downloaded once into
+/// `target/wheels/` with the venv's pip (so the tags are the store python's).
+fn cached_wheels(venv: &Path) -> Result<PathBuf, String> {
+    let tag = run_ok(
+        Command::new(venv.join("bin/python"))
+            .args(["-c", "import sys; print(sys.implementation.cache_tag)"]),
+    )
+    .stdout;
+    let tag = String::from_utf8_lossy(&tag).trim().to_string();
+    let base = target_dir().join("wheels");
+    fs::create_dir_all(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
+    let dir = base.join(format!("{tag}-{}", VENV_WHEELS.join("+")));
+    let marker = dir.join(".complete");
+
+    // One downloader at a time across test processes.
+    let lock_path = dir.with_extension("lock");
+    let lock = fs::File::create(&lock_path)
+        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    if marker.exists() {
+        return Ok(dir);
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+    }
+    let started = Instant::now();
+    let out = pip(venv)
+        .args(["download", "-q", "--only-binary=:all:", "-d"])
+        .arg(&dir)
+        .args(VENV_WHEELS)
+        .output()
+        .map_err(|e| format!("running pip download: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pip download {VENV_WHEELS:?} (needs PyPI once; later runs use {}): {}",
+            dir.display(),
+            text(&out)
+        ));
+    }
+    eprintln!(
+        "downloaded the wheels to {} in {:.1?}",
+        dir.display(),
+        started.elapsed()
+    );
+    fs::write(&marker, VENV_WHEELS.join("\n"))
+        .map_err(|e| format!("writing {}: {e}", marker.display()))?;
+    Ok(dir)
+}
+
+/// A venv at `venv` made by `python` (the store's: the host runs store binaries too), with
+/// `VENV_WHEELS` installed from manylinux wheels. `None` when the wheels cannot be had and
+/// AUTOPATCH_ALLOW_SKIP=1.
+pub fn wheel_venv(python: &Path, venv: &Path) -> Option<()> {
+    run_ok(Command::new(python).arg("-m").arg("venv").arg(venv));
+    let wheels = match cached_wheels(venv) {
+        Ok(dir) => dir,
+        Err(why) => unavailable("the wheels", &why)?,
+    };
+    run_ok(
+        pip(venv)
+            .args(["install", "-q", "--no-index", "--only-binary=:all:"])
+            .arg("--find-links")
+            .arg(&wheels)
+            .args(VENV_WHEELS),
+    );
+    Some(())
+}
+
+/// The venv's site-packages (`lib/python3.X/site-packages`).
+pub fn site_packages(venv: &Path) -> PathBuf {
+    let lib = venv.join("lib");
+    let python_dir = fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python3")
+        })
+        .unwrap_or_else(|| panic!("no python3.X in {}", lib.display()));
+    python_dir.join("site-packages")
+}
+
+/// The shared object in `dir` whose name starts with `stem` (extension modules carry an ABI
+/// tag, vendored libraries a hash).
+pub fn shared_object(dir: &Path, stem: &str) -> PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(stem) && (name.ends_with(".so") || name.contains(".so."))
+        })
+        .unwrap_or_else(|| panic!("no {stem}*.so in {}", dir.display()))
+}
+
+// ---------------------------------------------------------------------------
+// Programs that need a newer libstdc++ than the store's
+// ---------------------------------------------------------------------------
+
+/// The version `build_newer_glibcxx_program` needs: GCC 13's libstdc++ and later define it, the
+/// store's (Debian 12's GCC 12) stops at GLIBCXX_3.4.30.
+pub const GLIBCXX_NEWER: &str = "GLIBCXX_3.4.31";
+
+/// Builds `exe`, a program that prints "tzdb ok" and needs GLIBCXX_3.4.31 of the libstdc++ in
+/// `lib` (a conda env's), with `interpreter` and `DT_RUNPATH` `run_path`. The linker records
+/// the version need itself: the program calls `std::chrono::get_tzdb_list()`, which exists from
+/// that version on, on a branch never taken.
+pub fn build_newer_glibcxx_program(exe: &Path, lib: &Path, interpreter: &Path, run_path: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("tzdb.c");
+    fs::write(
+        &source,
+        "#include <stdio.h>\n\
+         extern const void *_ZNSt6chrono13get_tzdb_listEv(void);\n\
+         int main(int argc, char **argv) {\n\
+             (void)argv;\n\
+             if (argc > 1000) return _ZNSt6chrono13get_tzdb_listEv() != 0;\n\
+             puts(\"tzdb ok\");\n\
+             return 0;\n\
+         }\n",
+    )
+    .unwrap();
+    run_ok(
+        Command::new("gcc")
+            .arg(&source)
+            .arg("-o")
+            .arg(exe)
+            .arg(format!("-L{}", lib.display()))
+            .arg("-lstdc++")
+            .arg(format!("-Wl,-rpath-link,{}", lib.display()))
+            .arg(format!("-Wl,--dynamic-linker,{}", interpreter.display()))
+            .arg(format!(
+                "-Wl,--enable-new-dtags,-rpath,{}",
+                run_path.display()
+            )),
+    );
 }

@@ -141,10 +141,12 @@ impl Session<'_, '_> {
         };
         let hints = self.loader.hints;
         if let Some(own) = hints.prefix_provides(file).into_iter().find(serves) {
-            let canonical = std::fs::canonicalize(&own).unwrap_or_else(|_| own.clone());
+            // Named as the loader would look it up (lib/libstdc++.so.6), not as its link target.
+            let dir = std::fs::canonicalize(parent(&own)).unwrap_or_else(|_| parent(&own));
+            let named = own.file_name().map_or_else(|| own.clone(), |n| dir.join(n));
             return Some(format!(
                 "the prefix's own {}",
-                self.shown.path(&canonical, &own)
+                self.shown.path(&named, &own)
             ));
         }
         hints
