@@ -407,3 +407,36 @@ fn mutants_that_load_still_load_after_growth_and_fix() {
         "only {fixed} of {loaded} loading mutants fixed"
     );
 }
+
+/// A program whose header claims another machine gets no interpreter of this one, also when
+/// the interpreter is named through a symlink (as `/lib64/ld-linux-x86-64.so.2` is).
+#[test]
+fn a_program_of_another_machine_keeps_its_interpreter() {
+    const E_MACHINE: usize = 0x12;
+    const EM_AARCH64: u16 = 183;
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
+    let mut bytes = fs::read(&fx.exe).unwrap();
+    bytes[E_MACHINE..E_MACHINE + 2].copy_from_slice(&EM_AARCH64.to_le_bytes());
+    let prefix = tmp.path().join("prefix");
+    let file = prefix.join("bin/hello");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(&file, &bytes).unwrap();
+    let link = tmp.path().join("ld-link");
+    std::os::unix::fs::symlink(fs::canonicalize(HOST_LD).unwrap(), &link).unwrap();
+    let store = tmp.path().join("no-store");
+    let extra = [
+        "--interpreter",
+        link.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ];
+    let out = common::fix(&tmp.path().join("cache"), &extra, &[&prefix]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 skipped"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fs::read(&file).unwrap(), bytes, "the program was rewritten");
+}
