@@ -440,3 +440,24 @@ fn a_program_of_another_machine_keeps_its_interpreter() {
     );
     assert_eq!(fs::read(&file).unwrap(), bytes, "the program was rewritten");
 }
+
+/// A note claiming the memory up to the end of the address space cannot move with that claim:
+/// growth, which moves the notes after the program headers, refuses the file instead of writing
+/// one no reader accepts.
+#[test]
+fn a_note_claiming_all_memory_is_refused_not_moved() {
+    const PT_NOTE: u32 = 4;
+    const P_MEMSZ: usize = 40;
+    let tmp = tempfile::tempdir().unwrap();
+    let ld = long_loader(tmp.path(), HOST_LD);
+    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
+    let mut bytes = fs::read(&fx.exe).unwrap();
+    let elf = Elf::parse(&bytes).unwrap();
+    let note = elf.segments.iter().position(|s| s.p_type == PT_NOTE).unwrap();
+    let claim = u64::MAX - elf.segments[note].vaddr;
+    let at = elf.phoff as usize + note * 56 + P_MEMSZ;
+    bytes[at..at + 8].copy_from_slice(&claim.to_le_bytes());
+    fs::write(&fx.exe, &bytes).unwrap();
+    let out = autopatch(&["--set-interpreter", &ld], &fx.exe);
+    check_refusal(&out, &fx.exe, &bytes, "autopatch: ").unwrap();
+}
