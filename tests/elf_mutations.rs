@@ -453,11 +453,51 @@ fn a_note_claiming_all_memory_is_refused_not_moved() {
     let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
     let mut bytes = fs::read(&fx.exe).unwrap();
     let elf = Elf::parse(&bytes).unwrap();
-    let note = elf.segments.iter().position(|s| s.p_type == PT_NOTE).unwrap();
+    let note = elf
+        .segments
+        .iter()
+        .position(|s| s.p_type == PT_NOTE)
+        .unwrap();
     let claim = u64::MAX - elf.segments[note].vaddr;
     let at = elf.phoff as usize + note * 56 + P_MEMSZ;
     bytes[at..at + 8].copy_from_slice(&claim.to_le_bytes());
     fs::write(&fx.exe, &bytes).unwrap();
     let out = autopatch(&["--set-interpreter", &ld], &fx.exe);
+    check_refusal(&out, &fx.exe, &bytes, "autopatch: ").unwrap();
+}
+
+/// A symbol version whose name runs past the end of the string table (the table's size cut by
+/// the last string's NUL) makes the file unreadable: an edit would not know every string.
+#[test]
+fn a_version_name_past_the_string_table_is_refused() {
+    const DT_STRSZ: i64 = 10;
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
+    let mut bytes = fs::read(&fx.exe).unwrap();
+    let elf = Elf::parse(&bytes).unwrap();
+    let dynstr = elf.sections.iter().find(|s| s.name == b".dynstr").unwrap();
+    let table = &bytes[dynstr.offset as usize..(dynstr.offset + dynstr.size) as usize];
+    let last = text(table[..table.len() - 1].rsplit(|&b| b == 0).next().unwrap());
+    let versions: Vec<String> = elf
+        .version_needs()
+        .into_iter()
+        .flat_map(|n| n.versions)
+        .collect();
+    assert!(versions.contains(&last), "{last} ends the table");
+    let dynamic = elf
+        .segments
+        .iter()
+        .find(|s| s.p_type == PT_DYNAMIC)
+        .unwrap();
+    let index = elf
+        .dynamic_entries()
+        .iter()
+        .position(|e| e.tag == DT_STRSZ)
+        .unwrap();
+    let at = dynamic.offset as usize + index * 16 + 8;
+    let strsz = dynstr.size - 1;
+    bytes[at..at + 8].copy_from_slice(&strsz.to_le_bytes());
+    fs::write(&fx.exe, &bytes).unwrap();
+    let out = autopatch(&["--set-rpath", "$ORIGIN/lib"], &fx.exe);
     check_refusal(&out, &fx.exe, &bytes, "autopatch: ").unwrap();
 }
