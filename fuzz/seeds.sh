@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Builds the seed corpus for the read_edit fuzz target: small real ELF files of several
-# shapes, written to fuzz/corpus/read_edit/ (not committed).
+# Builds the seed corpus of the fuzz targets: small real ELF files of several shapes, gcc-built
+# and the host's, written to fuzz/corpus/read_edit/ and fuzz/corpus/plan_write/; and
+# fuzz/world/, where plan_write runs its fixes (none of it committed).
 #
 # Usage: fuzz/seeds.sh
-# Then:  cd fuzz && cargo +nightly fuzz run read_edit corpus/read_edit -- -max_total_time=300
-#        (or on stable: RUSTC_BOOTSTRAP=1 cargo fuzz run read_edit corpus/read_edit -s none)
+# Then:  cd fuzz && cargo +nightly fuzz run TARGET corpus/TARGET -- -max_total_time=300
+#        (or on stable: RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET corpus/TARGET -s none)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$HERE/corpus/read_edit
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$HERE/corpus/plan_write"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
@@ -75,5 +76,36 @@ for f in exe-pie lib-pie.so exe-nopie exe-aarch64 exe-s390x; do
 done
 cp exe-pie "$OUT/exe-pie-grown-interp"
 "$AUTOPATCH" elf --set-interpreter "$LONG/ld.so" "$OUT/exe-pie-grown-interp"
+
+# Small programs and libraries of the host, as its distribution built them.
+HOST_LIB=$(dirname "$(readlink -f "$(gcc -print-file-name=libc.so.6)")")
+for f in /usr/bin/true /usr/bin/env "$HOST_LIB/libz.so.1" "$HOST_LIB/libacl.so.1"; do
+    if [ -e "$f" ]; then cp "$(readlink -f "$f")" "$OUT/host-$(basename "$f")"; fi
+done
+cp "$OUT"/* "$HERE/corpus/plan_write/"
+# Inputs that once made a target fail, kept so that every run tries them again.
+for dir in "$HERE"/regressions/*/; do
+    corpus=$HERE/corpus/$(basename "$dir")
+    mkdir -p "$corpus"
+    cp "$dir"* "$corpus/"
+done
+
+# plan_write's world: a store glibc (links to the host's glibc libraries), a lib dir with links
+# to the host's other libraries, and the library the gcc-built programs need, which every
+# prefix gets.
+WORLD=$HERE/world
+rm -rf "$WORLD"
+GLIBC=$WORLD/store/0123456789abcdfghijklmnpqrsvwxyz-glibc-host/lib
+mkdir -p "$GLIBC" "$WORLD/lib-dir" "$WORLD/prefix-lib"
+glibc='^(ld-linux.*|ld64\.so.*|lib(c|m|pthread|dl|rt|util|resolv|anl|mvec|BrokenLocale|thread_db|c_malloc_debug|nss_(files|dns|compat|db|hesiod))\.so\.[0-9]+)$'
+for f in "$HOST_LIB"/*.so*; do
+    name=$(basename "$f")
+    if [[ $name =~ $glibc ]]; then
+        ln -s "$f" "$GLIBC/$name"
+    else
+        ln -s "$f" "$WORLD/lib-dir/$name"
+    fi
+done
+cp lib-pie.so "$WORLD/prefix-lib/libgreet.so"
 
 ls -l "$OUT" >&2

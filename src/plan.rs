@@ -403,7 +403,10 @@ fn plan_file(
 
 /// Whether the interpreter at `interp` can load a file like `info`.
 fn interpreter_fits(interp: &Path, info: &FileInfo) -> bool {
-    match FileInfo::read(interp) {
+    // Interpreters are often named through a symlink (`/lib64/ld-linux-x86-64.so.2`), which
+    // reading never follows.
+    let target = std::fs::canonicalize(interp).unwrap_or_else(|_| interp.to_path_buf());
+    match FileInfo::read(&target) {
         Ok(i) => i.machine == info.machine && i.class == info.class,
         // An interpreter that cannot be read here (a store path not built yet) is trusted.
         Err(_) => true,

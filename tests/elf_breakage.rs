@@ -7,93 +7,15 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use autopatch::elf::Elf;
+use common::elf::{
+    Fixture, autopatch, compile, fixture, long_loader, long_run_path, output, print, text,
+};
 
 const GREETING: &str = "hello from libgreet\n";
-const RUN_PATH_MIN: usize = 600;
-const INTERP_MIN: usize = 200;
 const HOST_LD: &str = "/lib64/ld-linux-x86-64.so.2";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn output(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawning a tool")
-}
-
-/// Compiles `source` with `compiler` into `dir/name`.
-fn compile(compiler: &str, dir: &Path, name: &str, source: &str, args: &[&str]) -> PathBuf {
-    let src = dir.join(format!("{name}.c"));
-    fs::write(&src, source).unwrap();
-    let out = dir.join(name);
-    let o = output(
-        Command::new(compiler)
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .args(args),
-    );
-    assert!(o.status.success(), "{compiler} {name}: {}", text(&o.stderr));
-    out
-}
-
-/// A program that needs `lib/libgreet.so` (versioned GREET_1.0) and has no run path, so it only
-/// runs once one is set.
-struct Fixture {
-    dir: PathBuf,
-    exe: PathBuf,
-    lib: PathBuf,
-}
-
-fn fixture(compiler: &str, dir: &Path, exe_args: &[&str]) -> Fixture {
-    let lib_dir = dir.join("lib");
-    fs::create_dir_all(&lib_dir).unwrap();
-    let script = dir.join("greet.map");
-    fs::write(&script, "GREET_1.0 { global: greet; local: *; };\n").unwrap();
-    let lib = compile(
-        compiler,
-        &lib_dir,
-        "libgreet.so",
-        "const char *greet(void) { return \"hello from libgreet\"; }\n",
-        &[
-            "-shared",
-            "-fPIC",
-            "-Wl,-soname,libgreet.so",
-            &format!("-Wl,--version-script={}", script.display()),
-        ],
-    );
-    let mut args = vec![
-        "-L".to_string(),
-        lib_dir.display().to_string(),
-        "-lgreet".into(),
-    ];
-    args.extend(exe_args.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let exe = compile(
-        compiler,
-        dir,
-        "hello",
-        "#include <stdio.h>\nconst char *greet(void);\nint main(void) { puts(greet()); return 0; }\n",
-        &args,
-    );
-    Fixture {
-        dir: dir.to_path_buf(),
-        exe,
-        lib,
-    }
-}
-
-fn autopatch(args: &[&str], file: &Path) -> Output {
-    output(
-        Command::new(env!("CARGO_BIN_EXE_autopatch"))
-            .arg("elf")
-            .args(args)
-            .arg(file),
-    )
-}
 
 fn autopatch_ok(args: &[&str], file: &Path) {
     let o = autopatch(args, file);
@@ -103,13 +25,6 @@ fn autopatch_ok(args: &[&str], file: &Path) {
         file.display(),
         text(&o.stderr)
     );
-}
-
-/// What `autopatch elf FLAG file` prints, without the final newline.
-fn print(flag: &str, file: &Path) -> String {
-    let o = autopatch(&[flag], file);
-    assert!(o.status.success(), "{flag}: {}", text(&o.stderr));
-    text(&o.stdout).trim_end_matches('\n').to_string()
 }
 
 /// Runs `argv` and checks it greets.
@@ -132,29 +47,6 @@ fn readelf(args: &str, file: &Path) -> (String, String) {
 fn assert_readelf_clean(file: &Path) {
     let (_, err) = readelf("-lSdVW", file);
     assert!(err.is_empty(), "readelf {}: {err}", file.display());
-}
-
-/// A copy of the loader `ld` at a path of at least `INTERP_MIN` characters under `dir`.
-fn long_loader(dir: &Path, ld: &str) -> String {
-    let name = Path::new(ld).file_name().unwrap();
-    let mut at = dir.join("loader");
-    while at.join(name).as_os_str().len() < INTERP_MIN {
-        at.push("a-long-directory-for-the-program-interpreter");
-    }
-    fs::create_dir_all(&at).unwrap();
-    fs::copy(fs::canonicalize(ld).unwrap(), at.join(name)).unwrap();
-    at.join(name).display().to_string()
-}
-
-/// `dirs` followed by unused directories named after `tag`, at least `RUN_PATH_MIN` long.
-fn long_run_path(dirs: &str, tag: &str) -> String {
-    let mut path = dirs.to_string();
-    let mut i = 0;
-    while path.len() < RUN_PATH_MIN {
-        path.push_str(&format!(":/opt/unused-{tag}-directory-number-{i}"));
-        i += 1;
-    }
-    path
 }
 
 /// Sets a long interpreter and run path, then checks the result runs, reads back and is clean.

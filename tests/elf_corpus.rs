@@ -20,6 +20,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use autopatch::elf::{Edits, Elf, RunPathEdit, plan};
+use common::elf::listing;
 use rayon::prelude::*;
 
 const HOST_DIRS: [&str; 2] = ["/usr/bin", "/usr/lib/x86_64-linux-gnu"];
@@ -226,15 +227,6 @@ fn strip(original: &Path, patched: &Patched, out: &Path) -> Result<(), String> {
         }
     }
     check_values(out, patched)
-}
-
-/// `ld --list FILE` output without load addresses, and whether it succeeded.
-fn listing(out: &Output) -> (bool, Vec<String>, String) {
-    let listed = text(&out.stdout)
-        .lines()
-        .map(|l| l.split(" (0x").next().unwrap_or(l).trim().to_string())
-        .collect();
-    (out.status.success(), listed, text(&out.stderr))
 }
 
 /// `ld --list at`, with `content` bound over `at` when given.

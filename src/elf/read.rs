@@ -482,6 +482,7 @@ where
     elf.dynamic = read_dynamic(&elf)?;
     elf.strtab = read_strtab(&elf)?;
     check_strings(&elf)?;
+    check_versions(&elf)?;
     Ok(elf)
 }
 
@@ -528,6 +529,21 @@ fn check_strings(elf: &Elf) -> Result<(), ElfError> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The version needs and definitions a file declares must be readable, their names inside the
+/// string table: the loader checks them, and an edit must know every string they name.
+fn check_versions(elf: &Elf) -> Result<(), ElfError> {
+    let declared = |table, count| elf.dyn_value(table).is_some() && elf.dyn_value(count).is_some();
+    let needs_unreadable =
+        declared(DT_VERNEED, DT_VERNEEDNUM) && elf.read_version_needs().is_none();
+    let defs_unreadable = declared(DT_VERDEF, DT_VERDEFNUM) && elf.read_version_defs().is_none();
+    if needs_unreadable || defs_unreadable {
+        return Err(ElfError::malformed(
+            "the symbol versions lie outside the file or name strings past the end of the string table",
+        ));
+    }
+    Ok(())
 }
 
 fn read_sections<'a, H>(

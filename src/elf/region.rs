@@ -253,6 +253,16 @@ pub(crate) fn grow(
     for seg in &mut segments {
         relocate.segment(seg);
     }
+    // A segment moves with the memory it claims past its file bytes, which can then run past
+    // the end of the address space: no reader would accept the result.
+    if segments
+        .iter()
+        .any(|s| s.vaddr.checked_add(s.memsz).is_none())
+    {
+        return Err(ElfError::malformed(
+            "a segment claims more memory than the address space holds once moved",
+        ));
+    }
     segments.insert(
         load_at,
         Segment {

@@ -55,6 +55,11 @@ pub(crate) fn place(
         }
         let at = find_string(&table, &req.string).unwrap_or_else(|| {
             appended = true;
+            // A last string that runs to the end of the table would run on into the first
+            // appended one: a NUL keeps it as the table delimits it.
+            if table.last().is_some_and(|&b| b != 0) {
+                table.push(0);
+            }
             let at = table.len();
             table.extend_from_slice(&req.string);
             table.push(0);
@@ -170,5 +175,18 @@ mod tests {
         assert!(p.appended);
         assert_eq!(p.offsets, vec![20]);
         assert_eq!(&p.table[20..], b"libbar.so\0");
+    }
+
+    #[test]
+    fn an_unterminated_last_string_is_ended_before_appending() {
+        let t = table(b"\0libfoo.so\0GREET_1.0");
+        let req = [Request {
+            old: None,
+            string: b"$ORIGIN".to_vec(),
+        }];
+        let p = place(&t, t.bytes.len(), &req, &[1, 11]);
+        assert!(p.appended);
+        assert_eq!(p.offsets, vec![21]);
+        assert_eq!(&p.table[11..], b"GREET_1.0\0$ORIGIN\0");
     }
 }

@@ -22,6 +22,8 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+pub mod elf;
+
 /// Directory the host ld.so searches by default; run.sh binds the store glibc
 /// there, so the loader reports libraries found by default under this path.
 pub const DEFAULT_LIB_DIR: &str = "/lib/x86_64-linux-gnu";
