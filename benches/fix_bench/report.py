@@ -185,7 +185,7 @@ def phases(log_file, start, end):
                 t = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
             except ValueError:
                 continue
-            if "store index refreshed" in line:
+            if "store index refreshed" in line or "store unchanged since cached" in line:
                 index = t
             elif " patched " in line:
                 patched.append(t)

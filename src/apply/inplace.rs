@@ -236,11 +236,7 @@ fn hash_rewritten(input: &[u8], rewrite: &elf::Rewrite) -> String {
         hasher.update(rewrite.window(input, at, end));
         at = end;
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::to_hex(&hasher.finalize())
 }
 
 fn write_all(file: &File, writes: &[Write]) -> io::Result<()> {

@@ -2,6 +2,7 @@
 //! thousands of files loading the same few libraries.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -111,17 +112,19 @@ pub(crate) enum Probe {
 /// Objects already read, by the path they were probed at and by canonical path.
 #[derive(Default)]
 pub(crate) struct Objects {
-    by_path: Mutex<HashMap<PathBuf, Probe>>,
-    by_canonical: Mutex<HashMap<PathBuf, Probe>>,
+    // Keyed by the bytes of the path: hashing and comparing a `Path` goes component by
+    // component, and a search compares many.
+    by_path: Mutex<HashMap<OsString, Probe>>,
+    by_canonical: Mutex<HashMap<OsString, Probe>>,
     /// Canonical paths of the directories probed in: a search tries many names in few
     /// directories, and resolving a path costs a `readlink` per component.
-    dirs: Mutex<HashMap<PathBuf, Option<PathBuf>>>,
+    dirs: Mutex<HashMap<OsString, Option<PathBuf>>>,
 }
 
 impl Objects {
     /// What the loader finds at `path` (relative paths are relative to the current directory).
     pub fn probe(&self, path: &Path) -> Probe {
-        if let Some(hit) = lock(&self.by_path).get(path) {
+        if let Some(hit) = lock(&self.by_path).get(path.as_os_str()) {
             return hit.clone();
         }
         let probe = match self.canonical(path, 0) {
@@ -130,7 +133,7 @@ impl Objects {
             // over.
             Err(_) => Probe::Missing,
         };
-        lock(&self.by_path).insert(path.to_path_buf(), probe.clone());
+        lock(&self.by_path).insert(path.as_os_str().to_owned(), probe.clone());
         probe
     }
 
@@ -154,21 +157,21 @@ impl Objects {
     }
 
     fn canonical_dir(&self, dir: &Path) -> io::Result<PathBuf> {
-        if let Some(known) = lock(&self.dirs).get(dir) {
+        if let Some(known) = lock(&self.dirs).get(dir.as_os_str()) {
             return known.clone().ok_or_else(|| io::ErrorKind::NotFound.into());
         }
         let canonical = std::fs::canonicalize(dir);
-        lock(&self.dirs).insert(dir.to_path_buf(), canonical.as_ref().ok().cloned());
+        lock(&self.dirs).insert(dir.as_os_str().to_owned(), canonical.as_ref().ok().cloned());
         canonical
     }
 
     /// The object at a canonical path, read once.
     pub fn load(&self, canonical: &Path) -> Probe {
-        if let Some(hit) = lock(&self.by_canonical).get(canonical) {
+        if let Some(hit) = lock(&self.by_canonical).get(canonical.as_os_str()) {
             return hit.clone();
         }
         let probe = read_object(canonical);
-        lock(&self.by_canonical).insert(canonical.to_path_buf(), probe.clone());
+        lock(&self.by_canonical).insert(canonical.as_os_str().to_owned(), probe.clone());
         probe
     }
 }

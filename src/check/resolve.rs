@@ -185,7 +185,7 @@ impl<'a, 'h> Session<'a, 'h> {
         if let Some(index) = self
             .loaded
             .iter()
-            .position(|l| l.object.canonical == object.canonical)
+            .position(|l| l.object.canonical.as_os_str() == object.canonical.as_os_str())
         {
             self.loaded[index].names.push(name.clone());
             self.join_load_order(index, &name);

@@ -216,7 +216,7 @@ impl<'de> Deserialize<'de> for Hex {
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::apply::to_hex(bytes)
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {

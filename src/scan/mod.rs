@@ -55,37 +55,31 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
     for root in roots {
         walk_root(root, &mut result, &mut candidates, &mut links);
     }
-    // Hard links (a conda environment is mostly links into the package cache) are read once.
-    let mut by_id: BTreeMap<InodeId, Vec<(PathBuf, fs::Metadata)>> = BTreeMap::new();
-    for (path, meta) in candidates {
-        let id = InodeId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
-        by_id.entry(id).or_default().push((path, meta));
-    }
-    let by_id: Vec<(InodeId, Vec<(PathBuf, fs::Metadata)>)> = by_id.into_iter().collect();
-    let elf_flags: Vec<Option<String>> = by_id
+    // Hard links (a conda environment is mostly links into the package cache) are read once:
+    // sorted by inode, each run of names shares one reading.
+    candidates.sort_unstable_by_key(|(_, stat)| stat.id);
+    let groups: Vec<&[(PathBuf, Stat)]> = candidates.chunk_by(|a, b| a.1.id == b.1.id).collect();
+    let elf_flags: Vec<Option<String>> = groups
         .par_iter()
-        .map(|(_, names)| starts_with_elf_magic(&names[0].0).err())
+        .map(|names| starts_with_elf_magic(&names[0].0).err())
         .collect();
     let mut by_inode: BTreeMap<InodeId, Inode> = BTreeMap::new();
-    for ((id, names), failure) in by_id.into_iter().zip(elf_flags) {
+    for (names, failure) in groups.into_iter().zip(elf_flags) {
         match failure {
             Some(reason) if reason.is_empty() => {}
             Some(reason) => result
                 .errors
-                .extend(names.into_iter().map(|(path, _)| (path, reason.clone()))),
+                .extend(names.iter().map(|(path, _)| (path.clone(), reason.clone()))),
             None => {
-                let meta = &names[0].1;
+                let stat = names[0].1;
                 by_inode.insert(
-                    id,
+                    stat.id,
                     Inode {
-                        id,
-                        nlink: meta.nlink(),
-                        len: meta.len(),
-                        mode: meta.mode() & 0o7777,
-                        names: names.into_iter().map(|(path, _)| path).collect(),
+                        id: stat.id,
+                        nlink: stat.nlink,
+                        len: stat.len,
+                        mode: stat.mode,
+                        names: names.iter().map(|(path, _)| path.clone()).collect(),
                     },
                 );
             }
@@ -108,10 +102,33 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
     result
 }
 
+/// What the scan keeps of a file's metadata, a fraction of its size: a tree holds many files.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    id: InodeId,
+    nlink: u64,
+    len: u64,
+    mode: u32,
+}
+
+impl Stat {
+    fn of(meta: &fs::Metadata) -> Stat {
+        Stat {
+            id: InodeId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            nlink: meta.nlink(),
+            len: meta.len(),
+            mode: meta.mode() & 0o7777,
+        }
+    }
+}
+
 fn walk_root(
     root: &Path,
     result: &mut ScanResult,
-    candidates: &mut Vec<(PathBuf, fs::Metadata)>,
+    candidates: &mut Vec<(PathBuf, Stat)>,
     links: &mut Vec<PathBuf>,
 ) {
     for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
@@ -136,7 +153,9 @@ fn walk_root(
             links.push(path.to_path_buf());
         } else if file_type.is_file() && !is_own_temp_file(path) {
             match entry.metadata() {
-                Ok(meta) if meta.len() >= 4 => candidates.push((path.to_path_buf(), meta)),
+                Ok(meta) if meta.len() >= 4 => {
+                    candidates.push((path.to_path_buf(), Stat::of(&meta)))
+                }
                 Ok(_) => {}
                 Err(err) => {
                     let advice = err.io_error().map_or(
