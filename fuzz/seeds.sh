@@ -64,7 +64,7 @@ open(sys.argv[2], "wb").write(d[:shoff])
 EOF
 
 # Already grown once, so the fuzzer starts from files holding a growth region.
-AUTOPATCH=$HERE/../target/release/autopatch
+AUTOPATCH=${CARGO_TARGET_DIR:-$HERE/../target}/release/autopatch
 if [ ! -x "$AUTOPATCH" ]; then
     cargo build --release --manifest-path "$HERE/../Cargo.toml" >&2
 fi
