@@ -735,37 +735,16 @@ fn output_to_a_new_file_leaves_the_input_alone() {
 /// after the append, with the staging table, with the front rewritten, with the final header,
 /// and cut to length.
 fn in_place_states(file: &Path, edits: &autopatch::elf::Edits) -> Vec<Vec<u8>> {
-    use autopatch::elf::{Elf, Write, in_place_steps, plan};
     let input = fs::read(file).unwrap();
-    let elf = Elf::parse(&input).unwrap();
-    let rewrite = plan(&elf, edits)
-        .unwrap()
-        .expect("the edit changes the file");
-    let steps = in_place_steps(&elf, &rewrite).expect("a first growth is append-only");
-    let mut state = input.clone();
-    let write = |state: &mut Vec<u8>, w: &Write| {
-        let end = w.offset as usize + w.bytes.len();
-        if state.len() < end {
-            state.resize(end, 0);
-        }
-        state[w.offset as usize..end].copy_from_slice(&w.bytes);
-    };
-    let mut states = Vec::new();
-    steps.append.iter().for_each(|w| write(&mut state, w));
-    states.push(state.clone());
-    write(&mut state, &steps.enter);
-    states.push(state.clone());
-    steps.front.iter().for_each(|w| write(&mut state, w));
-    states.push(state.clone());
-    write(&mut state, &steps.leave);
-    states.push(state.clone());
-    state.truncate(steps.len as usize);
+    let (rewrite, steps) = common::elf::in_place_growth(&input, edits);
+    let states: Vec<Vec<u8>> = (0..=4)
+        .map(|step| common::elf::in_place_state(&input, &steps, step))
+        .collect();
     assert_eq!(
-        state,
+        states[4],
         rewrite.apply(&input),
         "the last state is the rewrite's result"
     );
-    states.push(state);
     states
 }
 

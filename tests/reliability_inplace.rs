@@ -6,12 +6,12 @@
 mod common;
 mod reliability_support;
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use autopatch::apply::Staged;
-use autopatch::elf::{Edits, Elf, InPlaceSteps, RunPathEdit, Write, in_place_steps, plan};
+use autopatch::elf::{Edits, RunPathEdit};
 use autopatch::journal::Journals;
 use reliability_support::{copy_tree, fix, snapshot, undo};
 
@@ -83,11 +83,7 @@ fn planned_edits(plan: &serde_json::Value, path: &Path) -> Edits {
 /// into the file.
 fn kill_after(tree: &Path, path: &Path, edits: &Edits, step: usize) {
     let input = fs::read(path).unwrap();
-    let elf = Elf::parse(&input).unwrap();
-    let rewrite = plan(&elf, edits)
-        .unwrap()
-        .expect("the file needs the edits");
-    let steps = in_place_steps(&elf, &rewrite).expect("a first growth is append-only");
+    let (rewrite, steps) = common::elf::in_place_growth(&input, edits);
     let names = links_of(tree, path);
     let prefix = tree.join("env");
     Journals::default()
@@ -102,24 +98,8 @@ fn kill_after(tree: &Path, path: &Path, edits: &Edits, step: usize) {
             },
         )
         .unwrap();
-    let file = OpenOptions::new().write(true).open(path).unwrap();
-    for w in writes_up_to(&steps, step) {
-        file.write_all_at(&w.bytes, w.offset).unwrap();
-    }
-}
-
-fn writes_up_to(steps: &InPlaceSteps, step: usize) -> Vec<&Write> {
-    let mut writes: Vec<&Write> = steps.append.iter().collect();
-    if step >= 1 {
-        writes.push(&steps.enter);
-    }
-    if step >= 2 {
-        writes.extend(&steps.front);
-    }
-    if step >= 3 {
-        writes.push(&steps.leave);
-    }
-    writes
+    // Written over the same inode, as the run writes it: every name sees the steps.
+    fs::write(path, common::elf::in_place_state(&input, &steps, step)).unwrap();
 }
 
 /// Every name of `path`'s inode in `tree`, `path` first.

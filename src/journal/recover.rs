@@ -25,12 +25,9 @@ pub fn recover(prefix: &Path, journals: &Journals) -> Result<Recovered, JournalE
     let Some(entries) = log::read(prefix)? else {
         return Ok(Recovered::default());
     };
-    let start = entries
-        .iter()
-        .rposition(|e| matches!(e, Entry::Done))
-        .map_or(0, |i| i + 1);
+    let interrupted = after_last_done(&entries);
     let mut recovered = Recovered::default();
-    for entry in &entries[start..] {
+    for entry in interrupted {
         match entry {
             Entry::Patch(p) => {
                 match &p.in_place {
@@ -47,7 +44,7 @@ pub fn recover(prefix: &Path, journals: &Journals) -> Result<Recovered, JournalE
             Entry::Done => {}
         }
     }
-    if start < entries.len() {
+    if !interrupted.is_empty() {
         journals.of(prefix)?;
     }
     recovered.records.sort();
@@ -87,14 +84,19 @@ fn relink(prefix: &Path, entry: &PatchEntry) -> usize {
     relinked
 }
 
-/// Settles the in-place rewrites among the entries after the last `done` line: what undo does
-/// first, so that each file is its original or its new form.
-pub(super) fn settle_interrupted_in_place(prefix: &Path, entries: &[Entry]) {
+/// The entries of a run that did not end: those after the last `done` line.
+fn after_last_done(entries: &[Entry]) -> &[Entry] {
     let start = entries
         .iter()
         .rposition(|e| matches!(e, Entry::Done))
         .map_or(0, |i| i + 1);
-    for entry in &entries[start..] {
+    &entries[start..]
+}
+
+/// Settles the in-place rewrites among the entries after the last `done` line: what undo does
+/// first, so that each file is its original or its new form.
+pub(super) fn settle_interrupted_in_place(prefix: &Path, entries: &[Entry]) {
+    for entry in after_last_done(entries) {
         if let Entry::Patch(p) = entry
             && let Some(headers) = &p.in_place
         {

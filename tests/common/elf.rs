@@ -128,3 +128,44 @@ pub fn listing(out: &Output) -> (bool, Vec<String>, String) {
         .collect();
     (out.status.success(), listed, text(&out.stderr))
 }
+
+/// The rewrite `edits` make of `input`, and the steps that grow the file in place to it.
+pub fn in_place_growth(
+    input: &[u8],
+    edits: &autopatch::elf::Edits,
+) -> (autopatch::elf::Rewrite, autopatch::elf::InPlaceSteps) {
+    use autopatch::elf::{Elf, in_place_steps, plan};
+    let elf = Elf::parse(input).unwrap();
+    let rewrite = plan(&elf, edits)
+        .unwrap()
+        .expect("the edits change the file");
+    let steps = in_place_steps(&elf, &rewrite).expect("a first growth is append-only");
+    (rewrite, steps)
+}
+
+/// The content of `input` once the in-place steps up to `step` are done: 0 the append, 1 the
+/// staging header, 2 the front writes, 3 the final header, 4 the cut.
+pub fn in_place_state(input: &[u8], steps: &autopatch::elf::InPlaceSteps, step: usize) -> Vec<u8> {
+    let mut writes: Vec<&autopatch::elf::Write> = steps.append.iter().collect();
+    if step >= 1 {
+        writes.push(&steps.enter);
+    }
+    if step >= 2 {
+        writes.extend(&steps.front);
+    }
+    if step >= 3 {
+        writes.push(&steps.leave);
+    }
+    let mut state = input.to_vec();
+    for w in writes {
+        let end = w.offset as usize + w.bytes.len();
+        if state.len() < end {
+            state.resize(end, 0);
+        }
+        state[w.offset as usize..end].copy_from_slice(&w.bytes);
+    }
+    if step >= 4 {
+        state.truncate(steps.len as usize);
+    }
+    state
+}
