@@ -453,9 +453,14 @@ pub fn update_records_logged(
         .iter()
         .map(|&(path, sha, size)| (path, (sha, size)))
         .collect();
+    // What a record that lists a changed file holds: its path as a JSON string.
+    let quoted: Vec<String> = by_path
+        .keys()
+        .filter_map(|path| serde_json::to_string(path).ok())
+        .collect();
     let updates: Vec<RecordUpdate> = record_paths(&meta)?
         .into_par_iter()
-        .map(|record| planned_update(record, &by_path))
+        .map(|record| planned_update(record, &by_path, &quoted))
         .filter_map(Result::transpose)
         .collect::<Result<_>>()?;
     for u in &updates {
@@ -487,8 +492,9 @@ struct RecordUpdate {
 fn planned_update(
     record: PathBuf,
     changed: &HashMap<&str, (&str, u64)>,
+    quoted: &[String],
 ) -> Result<Option<RecordUpdate>> {
-    let (text, mut json) = match read_record_listing(&record, changed)? {
+    let (text, mut json) = match read_record_listing(&record, quoted)? {
         Some(read) => read,
         None => return Ok(None),
     };
@@ -524,20 +530,14 @@ fn planned_update(
     }))
 }
 
-/// The record parsed, when its text names one of `changed` (as a JSON string): most records of
-/// an environment list none of a run's files and are not parsed.
-fn read_record_listing(
-    record: &Path,
-    changed: &HashMap<&str, (&str, u64)>,
-) -> Result<Option<(String, Value)>> {
+/// The record parsed, when its text holds one of `quoted` (changed paths as JSON strings): most
+/// records of an environment list none of a run's files and are not parsed.
+fn read_record_listing(record: &Path, quoted: &[String]) -> Result<Option<(String, Value)>> {
     let text = fs::read_to_string(record).map_err(|source| CondaError::Read {
         path: record.to_path_buf(),
         source,
     })?;
-    let mentions = changed
-        .keys()
-        .any(|path| serde_json::to_string(path).is_ok_and(|quoted| text.contains(quoted.as_str())));
-    if !mentions {
+    if !quoted.iter().any(|q| text.contains(q.as_str())) {
         return Ok(None);
     }
     parse_record(record, text).map(Some)
