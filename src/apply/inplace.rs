@@ -227,16 +227,15 @@ impl InPlaceJob {
 
 /// SHA-256 (hex) of `rewrite` applied to `input`, a window at a time.
 fn hash_rewritten(input: &[u8], rewrite: &elf::Rewrite) -> String {
-    use sha2::{Digest, Sha256};
     const WINDOW: u64 = 1 << 20;
-    let mut hasher = Sha256::new();
+    let mut hasher = super::Sha256::new();
     let mut at = 0;
     while at < rewrite.len {
         let end = (at + WINDOW).min(rewrite.len);
-        hasher.update(rewrite.window(input, at, end));
+        hasher.update(&rewrite.window(input, at, end));
         at = end;
     }
-    super::to_hex(&hasher.finalize())
+    hasher.hex()
 }
 
 fn write_all(file: &File, writes: &[Write]) -> io::Result<()> {

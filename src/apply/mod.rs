@@ -3,8 +3,10 @@
 //! owner where permitted, and extended attributes (such as `security.capability`).
 
 mod copy;
+mod digest;
 mod inplace;
 
+pub use digest::{Sha256, to_hex};
 pub use inplace::{InPlaceJob, complete as complete_in_place};
 
 use std::fs::{self, File, Metadata};
@@ -370,7 +372,6 @@ pub fn sweep_temp_files<'a>(dirs: impl IntoIterator<Item = &'a Path>, before: Sy
 
 /// SHA-256 (hex) of the whole content of `file`.
 pub fn hash_file(file: &File) -> io::Result<String> {
-    use sha2::{Digest, Sha256};
     use std::io::{Read, Seek};
     let mut file = file.try_clone()?;
     file.rewind()?;
@@ -383,18 +384,7 @@ pub fn hash_file(file: &File) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(to_hex(&hasher.finalize()))
-}
-
-/// Bytes as lowercase hexadecimal.
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
+    Ok(hasher.hex())
 }
 
 /// Why an inode could not be patched.
