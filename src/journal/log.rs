@@ -180,39 +180,73 @@ fn patch_entry(prefix: &Path, staged: &Staged) -> PatchEntry {
 /// SHA-256 (hex) of the bytes at `spans` of `rewrite` applied to `input`, computed without
 /// building the output: the same as [`digest_spans`] of the written file.
 fn digest_windows(input: &[u8], rewrite: &crate::elf::Rewrite, spans: &[Span]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
+    let mut hasher = crate::apply::Sha256::new();
     for &(start, end) in spans {
-        hasher.update(rewrite.window(input, start, end));
+        hasher.update(&rewrite.window(input, start, end));
     }
-    super::entry::to_hex(&hasher.finalize())
+    hasher.hex()
 }
 
 /// SHA-256 (hex) of the bytes of `file` at `spans`.
 pub fn digest_spans(file: &File, spans: &[Span]) -> io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
+    let mut hasher = crate::apply::Sha256::new();
     let mut buf = Vec::new();
     for &(start, end) in spans {
         buf.resize((end - start) as usize, 0);
         file.read_exact_at(&mut buf, start)?;
         hasher.update(&buf);
     }
-    Ok(super::entry::to_hex(&hasher.finalize()))
+    Ok(hasher.hex())
 }
 
 /// Reads the journal of `prefix`: `Ok(None)` when there is none. A last line cut short by a
 /// crash is left out; so is any other line that cannot be read, with a warning.
 pub fn read(prefix: &Path) -> Result<Option<Vec<Entry>>, JournalError> {
     let path = path_of(prefix);
-    let text = match fs::read(&path) {
+    let Some(text) = read_complete_lines(&path)? else {
+        return Ok(None);
+    };
+    Ok(Some(parse_lines(&path, &text, 0)))
+}
+
+/// The entries of the journal of `prefix` after its last `done` line: what runs that were
+/// killed left unfinished. Lines before it are not parsed: a journal grows with every run.
+pub fn read_unfinished(prefix: &Path) -> Result<Vec<Entry>, JournalError> {
+    let path = path_of(prefix);
+    let Some(text) = read_complete_lines(&path)? else {
+        return Ok(Vec::new());
+    };
+    let done = serde_json::to_vec(&Entry::Done).expect("a unit variant serializes");
+    let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    let first = lines
+        .iter()
+        .rposition(|l| *l == done.as_slice())
+        .map_or(0, |i| i + 1);
+    let rest = lines[first..].join(&b'\n');
+    Ok(parse_lines(&path, &rest, first))
+}
+
+/// The journal at `path` up to its last newline: `Ok(None)` when there is none.
+fn read_complete_lines(path: &Path) -> Result<Option<Vec<u8>>, JournalError> {
+    let mut text = match fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(JournalError::Read { path, source }),
+        Err(source) => {
+            return Err(JournalError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    text.truncate(complete);
+    Ok(Some(text))
+}
+
+/// The entries of `text`, whose first line is line `skipped + 1` of the journal at `path`.
+fn parse_lines(path: &Path, text: &[u8], skipped: usize) -> Vec<Entry> {
     let mut entries = Vec::new();
-    for (number, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
+    for (number, line) in text.split(|&b| b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
         }
@@ -221,11 +255,11 @@ pub fn read(prefix: &Path) -> Result<Option<Vec<Entry>>, JournalError> {
             Err(e) => tracing::warn!(
                 "{}: line {} is unreadable ({e}); it is left out",
                 path.display(),
-                number + 1
+                skipped + number + 1
             ),
         }
     }
-    Ok(Some(entries))
+    entries
 }
 
 /// Replaces the journal of `prefix` with `entries`, or removes it (and its directory, when

@@ -22,12 +22,9 @@ pub struct Recovered {
 /// they would have been. The journal is opened in `journals`, so that the run's end marks them
 /// complete.
 pub fn recover(prefix: &Path, journals: &Journals) -> Result<Recovered, JournalError> {
-    let Some(entries) = log::read(prefix)? else {
-        return Ok(Recovered::default());
-    };
-    let interrupted = after_last_done(&entries);
+    let interrupted = log::read_unfinished(prefix)?;
     let mut recovered = Recovered::default();
-    for entry in interrupted {
+    for entry in &interrupted {
         match entry {
             Entry::Patch(p) => {
                 match &p.in_place {
