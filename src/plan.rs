@@ -1,7 +1,8 @@
 //! Turning a scan into a plan: for each inode, the interpreter and run path it should have,
 //! with every needed library's provider and the reason it was chosen.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use globset::GlobSet;
@@ -12,7 +13,7 @@ use crate::conda::CondaPrefix;
 use crate::elf::{Class, ET_DYN, Elf, RunPathKind, VersionNeed};
 use crate::pip::PipSite;
 use crate::resolve::{DefinedVersions, FileToResolve, PrefixLib, PrefixLibs, Resolution, Resolver};
-use crate::scan::{Inode, InodeId, MappedFile, ScanResult, skip_reason};
+use crate::scan::{self, Inode, InodeId, MappedFile, ScanResult, skip_reason};
 use crate::store::{Preferences, StoreIndex};
 
 /// Paths in JSON output: as text, with bytes that are not UTF-8 replaced (serde refuses them).
@@ -154,13 +155,11 @@ pub struct DirFacts {
 }
 
 impl DirFacts {
-    /// Facts about the directories above every file and symlink `scan` found under `roots`.
+    /// Facts about the directories above every ELF file `scan` found under `roots`. (A symlink
+    /// in a directory without one is placed by the nearest directory above it that has one.)
     pub fn of_scan(roots: &[PathBuf], scan: &ScanResult) -> DirFacts {
         let names = scan.elf_inodes.iter().flat_map(|i| i.names.iter().cloned());
-        DirFacts::new(
-            roots,
-            names.chain(scan.symlinks.iter().map(|(l, _)| l.clone())),
-        )
+        DirFacts::new(roots, names)
     }
 
     fn new(roots: &[PathBuf], paths: impl Iterator<Item = PathBuf>) -> DirFacts {
@@ -249,7 +248,12 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
             .entry(prefix.clone())
             .or_insert_with(|| Prefix::load(prefix.clone()));
     }
-    let libs = prefix_libraries(scan, &by_inode, &prefixes, facts);
+    let needed: HashSet<&OsStr> = infos
+        .iter()
+        .flatten()
+        .flat_map(|i| i.needed.iter().map(OsStr::new))
+        .collect();
+    let libs = prefix_libraries(scan, &by_inode, &needed, &prefixes, facts);
     let depends = |owner: &str| -> Vec<String> {
         prefixes
             .values()
@@ -458,11 +462,13 @@ fn bare_plan(inode: &Inode, name: &Path, prefix: &Path, action: Action) -> FileP
 fn prefix_libraries(
     scan: &ScanResult,
     by_inode: &HashMap<InodeId, &FileInfo>,
+    needed: &HashSet<&OsStr>,
     prefixes: &BTreeMap<PathBuf, Prefix>,
     facts: &DirFacts,
 ) -> HashMap<PathBuf, PrefixLibs> {
     let mut libs: HashMap<PathBuf, PrefixLibs> = HashMap::new();
-    for (name, info) in library_names(scan, &|id| by_inode.get(&id).copied()) {
+    let links = scan::links_named(&scan.symlinks, needed, &scan.elf_inodes);
+    for (name, info) in library_names(scan, &links, &|id| by_inode.get(&id).copied()) {
         let root = facts.prefix_of(name);
         if let Some(prefix) = prefixes.get(&root) {
             let entry = libs
@@ -473,7 +479,7 @@ fn prefix_libraries(
     }
     for (root, prefix) in prefixes {
         if !facts.roots.iter().any(|r| root.starts_with(r)) {
-            add_rest_of_prefix(root, prefix, &mut libs);
+            add_rest_of_prefix(root, prefix, needed, &mut libs);
         }
     }
     libs
@@ -481,9 +487,14 @@ fn prefix_libraries(
 
 /// A prefix given only in part (single files, a subdirectory) still provides all its
 /// libraries: the rest of it is read for them, without nested environments or package caches.
-fn add_rest_of_prefix(root: &Path, prefix: &Prefix, libs: &mut HashMap<PathBuf, PrefixLibs>) {
+fn add_rest_of_prefix(
+    root: &Path,
+    prefix: &Prefix,
+    needed: &HashSet<&OsStr>,
+    libs: &mut HashMap<PathBuf, PrefixLibs>,
+) {
     let roots = [root.to_path_buf()];
-    let rest = crate::scan::scan(&roots);
+    let rest = scan::scan(&roots);
     let rest_facts = DirFacts::of_scan(&roots, &rest);
     let infos: HashMap<InodeId, FileInfo> = rest
         .elf_inodes
@@ -493,17 +504,19 @@ fn add_rest_of_prefix(root: &Path, prefix: &Prefix, libs: &mut HashMap<PathBuf, 
     let entry = libs
         .entry(root.to_path_buf())
         .or_insert_with(|| PrefixLibs::new(root.to_path_buf()));
-    for (name, info) in library_names(&rest, &|id| infos.get(&id)) {
+    let links = scan::links_named(&rest.symlinks, needed, &rest.elf_inodes);
+    for (name, info) in library_names(&rest, &links, &|id| infos.get(&id)) {
         if rest_facts.prefix_of(name) == root && !rest_facts.in_package_cache(name) {
             add_library(entry, name, info, prefix);
         }
     }
 }
 
-/// Every name `scan` found a file under, with what the file is: its own names and the symlinks
+/// Every name `scan` found a file under, with what the file is: its own names and the `links`
 /// to it.
 fn library_names<'s, 'i>(
     scan: &'s ScanResult,
+    links: &'s [(PathBuf, InodeId)],
     info_of: &dyn Fn(InodeId) -> Option<&'i FileInfo>,
 ) -> Vec<(&'s Path, &'i FileInfo)> {
     let mut found = Vec::new();
@@ -512,7 +525,7 @@ fn library_names<'s, 'i>(
             found.extend(inode.names.iter().map(|n| (n.as_path(), info)));
         }
     }
-    for (link, id) in &scan.symlinks {
+    for (link, id) in links {
         if let Some(info) = info_of(*id) {
             found.push((link.as_path(), info));
         }

@@ -4,6 +4,7 @@
 mod mapped;
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -38,9 +39,9 @@ pub struct Inode {
 pub struct ScanResult {
     /// Regular files that start with the ELF magic, by inode.
     pub elf_inodes: Vec<Inode>,
-    /// Symlinks inside the roots to ELF files the scan found (their names matter to the loader's
-    /// search), with the inode they lead to.
-    pub symlinks: Vec<(PathBuf, InodeId)>,
+    /// Symlinks inside the roots, not yet followed: [`links_named`] follows those whose names
+    /// matter to the loader's search.
+    pub symlinks: Vec<PathBuf>,
     /// Entries that could not be read, with why.
     pub errors: Vec<(PathBuf, String)>,
     /// How many directory entries were looked at.
@@ -50,39 +51,35 @@ pub struct ScanResult {
 /// Walks `roots` without following symlinks and collects ELF files and in-root symlinks.
 pub fn scan(roots: &[PathBuf]) -> ScanResult {
     let mut result = ScanResult::default();
-    let mut candidates = Vec::new();
+    let mut listed = Vec::new();
     let mut links = Vec::new();
     for root in roots {
-        walk_root(root, &mut result, &mut candidates, &mut links);
+        walk_root(root, &mut result, &mut listed, &mut links);
     }
     // Hard links (a conda environment is mostly links into the package cache) are read once:
-    // sorted by inode, each run of names shares one reading.
-    candidates.sort_unstable_by_key(|(_, stat)| stat.id);
-    let groups: Vec<&[(PathBuf, Stat)]> = candidates.chunk_by(|a, b| a.1.id == b.1.id).collect();
-    let elf_flags: Vec<Option<String>> = groups
+    // sorted by the inode the directory listing gives, each run of names shares one reading.
+    listed.sort_unstable_by_key(|(_, id)| *id);
+    let groups: Vec<&[(PathBuf, InodeId)]> = listed.chunk_by(|a, b| a.1 == b.1).collect();
+    let examined: Vec<Vec<(PathBuf, Examined)>> = groups
         .par_iter()
-        .map(|names| starts_with_elf_magic(&names[0].0).err())
+        .map(|names| examine_group(names))
         .collect();
     let mut by_inode: BTreeMap<InodeId, Inode> = BTreeMap::new();
-    for (names, failure) in groups.into_iter().zip(elf_flags) {
-        match failure {
-            Some(reason) if reason.is_empty() => {}
-            Some(reason) => result
-                .errors
-                .extend(names.iter().map(|(path, _)| (path.clone(), reason.clone()))),
-            None => {
-                let stat = names[0].1;
-                by_inode.insert(
-                    stat.id,
-                    Inode {
-                        id: stat.id,
-                        nlink: stat.nlink,
-                        len: stat.len,
-                        mode: stat.mode,
-                        names: names.iter().map(|(path, _)| path.clone()).collect(),
-                    },
-                );
-            }
+    for (path, examined) in examined.into_iter().flatten() {
+        match examined {
+            Examined::Elf(stat) => by_inode
+                .entry(stat.id)
+                .or_insert_with(|| Inode {
+                    id: stat.id,
+                    nlink: stat.nlink,
+                    len: stat.len,
+                    mode: stat.mode,
+                    names: Vec::new(),
+                })
+                .names
+                .push(path),
+            Examined::NotElf => {}
+            Examined::Failed(reason) => result.errors.push((path, reason)),
         }
     }
     result.elf_inodes = by_inode
@@ -96,8 +93,7 @@ pub fn scan(roots: &[PathBuf]) -> ScanResult {
     result
         .elf_inodes
         .sort_by(|a, b| a.names[0].cmp(&b.names[0]));
-    result.symlinks = links_to_elf_files(links, &result.elf_inodes);
-    result.symlinks.sort();
+    result.symlinks = links;
     result.errors.sort();
     result
 }
@@ -125,13 +121,81 @@ impl Stat {
     }
 }
 
+/// What one name turned out to be.
+enum Examined {
+    Elf(Stat),
+    NotElf,
+    Failed(String),
+}
+
+/// Examines names the listing gave one inode: the content of the first is read, and every
+/// name of an ELF file is stat'ed, as only `stat` is authoritative (some filesystems, overlayfs
+/// among them, list other inode numbers than they report); a first name whose `stat` differs
+/// from the listing has each name examined on its own.
+fn examine_group(names: &[(PathBuf, InodeId)]) -> Vec<(PathBuf, Examined)> {
+    let (first, listed) = &names[0];
+    let opened = open_elf(first);
+    let as_listed = match &opened {
+        Ok((_, stat)) => stat.id == *listed,
+        Err(_) => true,
+    };
+    if !as_listed {
+        return names
+            .iter()
+            .map(|(path, _)| (path.clone(), examine(open_elf(path))))
+            .collect();
+    }
+    match opened {
+        Ok((true, stat)) => {
+            let mut out = vec![(first.clone(), Examined::Elf(stat))];
+            out.extend(
+                names[1..]
+                    .iter()
+                    .map(|(path, _)| (path.clone(), stat_elf_name(path, stat))),
+            );
+            out
+        }
+        Ok((false, _)) => Vec::new(),
+        Err(reason) => names
+            .iter()
+            .map(|(path, _)| (path.clone(), Examined::Failed(reason.clone())))
+            .collect(),
+    }
+}
+
+fn examine(opened: Result<(bool, Stat), String>) -> Examined {
+    match opened {
+        Ok((true, stat)) => Examined::Elf(stat),
+        Ok((false, _)) => Examined::NotElf,
+        Err(reason) => Examined::Failed(reason),
+    }
+}
+
+/// A further name of the ELF file `first`: the same file when `stat` says so, else read on its
+/// own.
+fn stat_elf_name(path: &Path, first: Stat) -> Examined {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && Stat::of(&meta).id == first.id => {
+            Examined::Elf(Stat::of(&meta))
+        }
+        Ok(meta) if !meta.is_file() => Examined::NotElf,
+        Ok(_) => examine(open_elf(path)),
+        Err(e) => Examined::Failed(format!("cannot stat: {e}; {}", crate::apply::advice(&e))),
+    }
+}
+
+/// The directory listing's identity of each regular file (no `stat`: the inode number comes
+/// with the listing and the device is its directory's), and the symlinks.
 fn walk_root(
     root: &Path,
     result: &mut ScanResult,
-    candidates: &mut Vec<(PathBuf, Stat)>,
+    listed: &mut Vec<(PathBuf, InodeId)>,
     links: &mut Vec<PathBuf>,
 ) {
-    for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
+    use walkdir::DirEntryExt;
+    // The device of the directory at each depth of the walk's current path.
+    let mut devices: Vec<Option<u64>> = Vec::new();
+    for entry in WalkDir::new(root).follow_links(false) {
         result.entries += 1;
         let entry = match entry {
             Ok(e) => e,
@@ -149,40 +213,50 @@ fn walk_root(
         };
         let path = entry.path();
         let file_type = entry.file_type();
-        if file_type.is_symlink() {
+        if file_type.is_dir() {
+            devices.truncate(entry.depth());
+            devices.push(entry.metadata().ok().map(|m| m.dev()));
+        } else if file_type.is_symlink() {
             links.push(path.to_path_buf());
         } else if file_type.is_file() && !is_own_temp_file(path) {
-            match entry.metadata() {
-                Ok(meta) if meta.len() >= 4 => {
-                    candidates.push((path.to_path_buf(), Stat::of(&meta)))
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    let advice = err.io_error().map_or(
-                        "fix the cause and run autopatch again",
-                        crate::apply::advice,
-                    );
-                    let why = format!("cannot stat: {err}; {advice}");
-                    result.errors.push((path.to_path_buf(), why));
-                }
-            }
+            let parent = entry.depth().checked_sub(1).and_then(|d| devices.get(d));
+            let dev = match parent {
+                Some(Some(dev)) => *dev,
+                // A file root, or a directory that could not be stat'ed: the file's own device
+                // is read with its content.
+                _ => 0,
+            };
+            listed.push((
+                path.to_path_buf(),
+                InodeId {
+                    dev,
+                    ino: entry.ino(),
+                },
+            ));
         }
     }
 }
 
-/// The links that lead to one of `elf_inodes` (found under the roots, so the link never leads
-/// out of them), with that inode: one `stat` each, the kernel following the link.
-fn links_to_elf_files(links: Vec<PathBuf>, elf_inodes: &[Inode]) -> Vec<(PathBuf, InodeId)> {
+/// Of `links`, those named one of `names` that lead to one of `elf_inodes`, with that inode:
+/// one `stat` each, the kernel following the link. A tree holds far more symlinks than library
+/// names (terminfo alone has a thousand per environment); only a name some file needs can
+/// matter to the loader.
+pub fn links_named(
+    links: &[PathBuf],
+    names: &HashSet<&OsStr>,
+    elf_inodes: &[Inode],
+) -> Vec<(PathBuf, InodeId)> {
     let ids: HashSet<InodeId> = elf_inodes.iter().map(|i| i.id).collect();
     links
-        .into_par_iter()
+        .par_iter()
+        .filter(|link| link.file_name().is_some_and(|n| names.contains(n)))
         .filter_map(|link| {
-            let meta = fs::metadata(&link).ok()?;
+            let meta = fs::metadata(link).ok()?;
             let id = InodeId {
                 dev: meta.dev(),
                 ino: meta.ino(),
             };
-            (meta.is_file() && ids.contains(&id)).then_some((link, id))
+            (meta.is_file() && ids.contains(&id)).then(|| (link.clone(), id))
         })
         .collect()
 }
@@ -194,20 +268,23 @@ pub fn is_own_temp_file(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with(".autopatch-"))
 }
 
-/// `Ok` when the file starts with the ELF magic; `Err("")` when it does not; `Err(reason)` when
-/// it cannot be read.
-fn starts_with_elf_magic(path: &Path) -> Result<(), String> {
+/// Whether the file at `path` starts with the ELF magic, with its `stat`; `Err` with the reason
+/// when it cannot be read.
+fn open_elf(path: &Path) -> Result<(bool, Stat), String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut magic = [0u8; 4];
     let mut file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| format!("cannot open: {e}; {}", crate::apply::advice(&e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat: {e}; {}", crate::apply::advice(&e)))?;
+    let mut magic = [0u8; 4];
     match file.read_exact(&mut magic) {
-        Ok(()) if &magic == b"\x7fELF" => Ok(()),
-        Ok(()) => Err(String::new()),
+        Ok(()) => Ok((&magic == b"\x7fELF", Stat::of(&meta))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok((false, Stat::of(&meta))),
         Err(e) => Err(format!("cannot read: {e}; {}", crate::apply::advice(&e))),
     }
 }
@@ -222,5 +299,73 @@ pub fn skip_reason(elf: &Elf) -> Option<&'static str> {
         Some("statically linked")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn some_elf() -> Vec<u8> {
+        fs::read(std::env::current_exe().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn hard_links_are_one_inode_with_every_name_and_tiny_files_are_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::create_dir_all(root.join("a/lib")).unwrap();
+        fs::create_dir_all(root.join("b/lib")).unwrap();
+        fs::write(root.join("a/lib/libx.so"), some_elf()).unwrap();
+        fs::hard_link(root.join("a/lib/libx.so"), root.join("b/lib/libx.so")).unwrap();
+        fs::write(root.join("a/tiny"), b"\x7fE").unwrap();
+        fs::write(root.join("a/text"), b"not an ELF file").unwrap();
+        let fifo =
+            std::ffi::CString::new(root.join("a/fifo").into_os_string().into_encoded_bytes());
+        assert_eq!(unsafe { libc::mkfifo(fifo.unwrap().as_ptr(), 0o600) }, 0);
+
+        let found = scan(std::slice::from_ref(&root));
+
+        assert!(found.errors.is_empty(), "{:?}", found.errors);
+        assert_eq!(found.elf_inodes.len(), 1);
+        let inode = &found.elf_inodes[0];
+        assert_eq!(
+            inode.names,
+            [root.join("a/lib/libx.so"), root.join("b/lib/libx.so")]
+        );
+        assert_eq!(inode.nlink, 2);
+        let meta = fs::metadata(root.join("b/lib/libx.so")).unwrap();
+        assert_eq!(
+            inode.id,
+            InodeId {
+                dev: meta.dev(),
+                ino: meta.ino()
+            }
+        );
+    }
+
+    #[test]
+    fn a_file_root_is_read_with_its_own_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prog");
+        fs::write(&file, some_elf()).unwrap();
+        let found = scan(std::slice::from_ref(&file));
+        let meta = fs::metadata(&file).unwrap();
+        assert_eq!(found.elf_inodes.len(), 1);
+        assert_eq!(found.elf_inodes[0].id.dev, meta.dev());
+    }
+
+    #[test]
+    fn only_links_named_as_needed_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::write(root.join("libx.so.1.2"), some_elf()).unwrap();
+        std::os::unix::fs::symlink("libx.so.1.2", root.join("libx.so.1")).unwrap();
+        std::os::unix::fs::symlink("libx.so.1.2", root.join("libx.so")).unwrap();
+        let found = scan(std::slice::from_ref(&root));
+        assert_eq!(found.symlinks.len(), 2);
+        let wanted: HashSet<&OsStr> = [OsStr::new("libx.so.1")].into();
+        let links = links_named(&found.symlinks, &wanted, &found.elf_inodes);
+        assert_eq!(links, [(root.join("libx.so.1"), found.elf_inodes[0].id)]);
     }
 }

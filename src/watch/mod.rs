@@ -529,7 +529,7 @@ impl<'a> Watch<'a> {
         });
         scanned
             .symlinks
-            .retain(|(link, _)| !self.tree.in_package_cache(link));
+            .retain(|link| !self.tree.in_package_cache(link));
         scanned
     }
 }
