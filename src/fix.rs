@@ -66,10 +66,19 @@ impl FixOutcome {
 
 /// Scans `roots`, plans and applies.
 pub fn fix(roots: &[PathBuf], options: &FixOptions) -> Result<FixOutcome, FixError> {
-    let mut scanned = scan::scan(roots);
+    let mut scanned = timed("scan", || scan::scan(roots));
     let not_elf = not_elf_roots(roots, &scanned);
     scanned.errors.extend(not_elf);
     fix_scanned(scanned, roots, options)
+}
+
+/// Runs one phase of a run and logs how long it took (`AUTOPATCH_LOG=autopatch=debug`), so that
+/// a slow run shows where its time went.
+fn timed<T>(phase: &str, work: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let done = work();
+    tracing::debug!("{phase}: {:.3} s", start.elapsed().as_secs_f64());
+    done
 }
 
 /// The roots given as files in which the scan found nothing: FIFOs, devices, empty or other
@@ -97,33 +106,33 @@ pub fn fix_scanned(
     roots: &[PathBuf],
     options: &FixOptions,
 ) -> Result<FixOutcome, FixError> {
-    let facts = DirFacts::of_scan(roots, &scanned);
+    let facts = timed("directory facts", || DirFacts::of_scan(roots, &scanned));
     let journals = Journals::default();
     let mut recovered = Vec::new();
     let _locks = if options.dry_run {
         Vec::new()
     } else {
-        let locked = lock_dirs(roots, &scanned, &facts)?;
-        let relinked = recover(&locked, &journals, &mut recovered)?;
-        sweep(&locked, &scanned);
-        if locked.waited || relinked > 0 {
-            scanned = restat(scanned);
-        }
-        locked.files
+        timed("lock, recover", || {
+            lock_and_recover(roots, &mut scanned, &facts, &journals, &mut recovered)
+        })?
     };
-    let plans = plan::plan(&scanned, &facts, &options.settings);
+    let plans = timed("plan", || plan::plan(&scanned, &facts, &options.settings));
     (options.on_planned)(plans.iter().filter(|p| p.action == Action::Patch).count());
-    let mut files = apply_plans(plans, roots, options, &journals);
+    let mut files = timed("apply", || apply_plans(plans, roots, options, &journals));
     files.sort_by(|a, b| a.plan.path.cmp(&b.plan.path));
     if files.iter().any(|f| f.patched.is_some()) {
-        apply::sync_filesystems(roots_as_dirs(roots).as_slice())?;
+        timed("flush", || {
+            apply::sync_filesystems(roots_as_dirs(roots).as_slice())
+        })?;
     }
     if options.update_records && !options.dry_run {
-        update_conda_records(&files, &recovered, &journals)?;
+        timed("conda records", || {
+            update_conda_records(&files, &recovered, &journals)
+        })?;
     }
-    journals.finish()?;
+    timed("journal", || journals.finish())?;
     if options.verify && !options.dry_run {
-        verify(&mut files, &options.settings);
+        timed("verify", || verify(&mut files, &options.settings));
     }
     let mut summary = summarize(&files);
     summary.scanned_entries = scanned.entries;
@@ -140,6 +149,24 @@ pub fn fix_scanned(
         unresolved,
         scan_errors: scanned.errors,
     })
+}
+
+/// Locks the directories of the run and completes what killed runs left there; returns the
+/// locks, to be held until the run is done.
+fn lock_and_recover(
+    roots: &[PathBuf],
+    scanned: &mut ScanResult,
+    facts: &DirFacts,
+    journals: &Journals,
+    recovered: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<Vec<File>, FixError> {
+    let locked = lock_dirs(roots, scanned, facts)?;
+    let relinked = recover(&locked, journals, recovered)?;
+    sweep(&locked, scanned);
+    if locked.waited || relinked > 0 {
+        *scanned = restat(std::mem::take(scanned));
+    }
+    Ok(locked.files)
 }
 
 /// Completes what killed runs left in the journals of the locked directories; the files they
