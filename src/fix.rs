@@ -16,7 +16,7 @@ use crate::apply::{self, Patched};
 use crate::check::{DirHints, Loader, LoaderConfig, Problem};
 use crate::elf::{self, Edits, RunPathEdit};
 use crate::journal::{self, Entry, JournalError, Journals, Name, RecordsEntry};
-use crate::plan::{self, Action, DirFacts, FileInfo, FilePlan, Settings};
+use crate::plan::{self, Action, DirFacts, FileInfo, FilePlan, NameInPrefix, Settings};
 use crate::resolve;
 use crate::scan::{self, Inode, InodeId, ScanResult};
 use crate::store::StoreIndex;
@@ -137,12 +137,12 @@ pub fn fix_scanned(
     let mut summary = summarize(&files);
     summary.scanned_entries = scanned.entries;
     summary.errors += scanned.errors.len();
-    let unresolved = resolve::unresolved_summary(files.iter().filter_map(|r| {
-        r.plan
-            .resolution
-            .as_ref()
-            .map(|res| (r.plan.path.as_path(), res))
-    }));
+    let unresolved = resolve::unresolved_summary(
+        files
+            .iter()
+            .flat_map(|r| r.plan.names_in_prefixes())
+            .map(|n| (n.path, n.needed)),
+    );
     Ok(FixOutcome {
         files,
         summary,
@@ -245,20 +245,19 @@ fn restat(scanned: ScanResult) -> ScanResult {
 }
 
 /// Runs the loader simulation on every file that was written, as the given interpreter would
-/// load it.
+/// load it: under one name in each prefix the file is linked into, as each finds its libraries
+/// in its own prefix.
 fn verify(files: &mut [FileResult], settings: &Settings) {
     let store_dir = settings.store.map_or_else(
         || PathBuf::from("/nix/store"),
         |s| s.store_dir().to_path_buf(),
     );
-    let prefixes: Vec<PathBuf> = files
+    let prefixes: BTreeSet<PathBuf> = files
         .iter()
         .filter(|f| f.patched.is_some())
-        .map(|f| f.plan.prefix.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
+        .flat_map(|f| f.plan.names_in_prefixes().map(|n| n.prefix.to_path_buf()))
         .collect();
-    let hints = DirHints::new(Some(store_dir.clone()), prefixes);
+    let hints = DirHints::new(Some(store_dir.clone()), prefixes.into_iter().collect());
     let loader = Loader::new(LoaderConfig {
         interpreter: settings.interpreter.clone(),
         store_dir,
@@ -269,18 +268,37 @@ fn verify(files: &mut [FileResult], settings: &Settings) {
         .par_iter_mut()
         .filter(|f| f.patched.is_some())
         .for_each(|f| {
-            let report = loader.check_file_in(&f.plan.path, &f.plan.prefix);
-            // A library the user said may be missing is no failure of the patch.
-            f.load_problems = report
-                .problems
-                .into_iter()
-                .filter(|p| {
-                    !p.library
-                        .as_deref()
-                        .is_some_and(|l| settings.ignore_missing.is_match(l))
-                })
+            let names: Vec<NameInPrefix> = f.plan.names_in_prefixes().collect();
+            let problems = names
+                .par_iter()
+                .flat_map_iter(|n| load_problems(&loader, n.path, n.prefix, settings))
                 .collect();
+            f.load_problems = problems;
         });
+}
+
+/// What stops the loader from loading `path` in `prefix`, each problem under that name.
+fn load_problems(
+    loader: &Loader,
+    path: &Path,
+    prefix: &Path,
+    settings: &Settings,
+) -> Vec<LoadProblem> {
+    let report = loader.check_file_in(path, prefix);
+    // A library the user said may be missing is no failure of the patch.
+    report
+        .problems
+        .into_iter()
+        .filter(|p| {
+            !p.library
+                .as_deref()
+                .is_some_and(|l| settings.ignore_missing.is_match(l))
+        })
+        .map(|problem| LoadProblem {
+            path: path.to_path_buf(),
+            problem,
+        })
+        .collect()
 }
 
 /// The roots, with a file root standing for its directory.
@@ -407,9 +425,19 @@ pub struct FileResult {
     pub error: Option<String>,
     #[serde(skip)]
     pub patched: Option<Patched>,
-    /// What the loader simulation found wrong with the patched file.
+    /// What the loader simulation found wrong with the patched file, under each name checked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub load_problems: Vec<Problem>,
+    pub load_problems: Vec<LoadProblem>,
+}
+
+/// Something that stops the loader from loading one name of a patched file.
+#[derive(Debug, Serialize)]
+pub struct LoadProblem {
+    /// The name checked, in its prefix.
+    #[serde(serialize_with = "plan::lossy::path")]
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub problem: Problem,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -419,8 +447,10 @@ pub struct Summary {
     pub patched: usize,
     pub already_fine: usize,
     pub skipped: usize,
+    /// Names (one per prefix of a file) with a library nothing provides.
     pub unresolved: usize,
-    /// Patched files the loader simulation says will not load.
+    /// Names of patched files (one per prefix of a file) the loader simulation says will not
+    /// load.
     pub not_loading: usize,
     pub errors: usize,
     pub bytes_written: u64,
@@ -646,16 +676,14 @@ fn summarize(results: &[FileResult]) -> Summary {
             (Action::AlreadyFine, None) => s.already_fine += 1,
             (Action::Skip { .. }, None) => s.skipped += 1,
         }
-        if r.plan
-            .resolution
-            .as_ref()
-            .is_some_and(|res| res.unresolved().next().is_some())
-        {
-            s.unresolved += 1;
-        }
-        if !r.load_problems.is_empty() {
-            s.not_loading += 1;
-        }
+        s.unresolved += r
+            .plan
+            .names_in_prefixes()
+            .filter(|n| n.needed.iter().any(|n| n.is_unresolved()))
+            .count();
+        let not_loading: BTreeSet<&Path> =
+            r.load_problems.iter().map(|p| p.path.as_path()).collect();
+        s.not_loading += not_loading.len();
     }
     s
 }

@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::conda::CondaPrefix;
 use crate::elf::{Class, ET_DYN, Elf, RunPathKind, VersionNeed};
 use crate::pip::PipSite;
-use crate::resolve::{DefinedVersions, FileToResolve, PrefixLib, PrefixLibs, Resolution, Resolver};
+use crate::resolve::{
+    DefinedVersions, FileToResolve, Needed, PrefixLib, PrefixLibs, Resolution, Resolver,
+};
 use crate::scan::{self, Inode, InodeId, MappedFile, ScanResult, skip_reason};
 use crate::store::{Preferences, StoreIndex};
 
@@ -108,9 +110,50 @@ pub struct FilePlan {
     pub new_run_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
+    /// The other prefixes the inode is linked into, each resolved under one of its names there:
+    /// the run path serves them too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<ResolvedElsewhere>,
     /// Some conda record lists one of its names: a rewrite must give the record its new hash.
     #[serde(skip)]
     pub in_conda_record: bool,
+}
+
+/// A file's needed libraries as the loader finds them under its name in another prefix.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedElsewhere {
+    /// The name resolved (its `$ORIGIN`): the first of the inode's names in that prefix.
+    #[serde(serialize_with = "lossy::path")]
+    pub path: PathBuf,
+    #[serde(serialize_with = "lossy::path")]
+    pub prefix: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub needed: Vec<Needed>,
+}
+
+/// One name a file was resolved under, in its prefix.
+pub struct NameInPrefix<'p> {
+    pub path: &'p Path,
+    pub prefix: &'p Path,
+    pub needed: &'p [Needed],
+}
+
+impl FilePlan {
+    /// The planning name, then the name resolved in each further prefix.
+    pub fn names_in_prefixes(&self) -> impl Iterator<Item = NameInPrefix<'_>> {
+        let planning = NameInPrefix {
+            path: &self.path,
+            prefix: &self.prefix,
+            needed: self.resolution.as_ref().map_or(&[], |r| &r.needed),
+        };
+        let elsewhere = self.also.iter().map(|a| NameInPrefix {
+            path: &a.path,
+            prefix: &a.prefix,
+            needed: &a.needed,
+        });
+        std::iter::once(planning).chain(elsewhere)
+    }
 }
 
 /// Settings that shape a plan.
@@ -217,6 +260,25 @@ impl DirFacts {
     fn planning_name<'i>(&self, inode: &'i Inode) -> Option<&'i PathBuf> {
         inode.names.iter().find(|n| !self.in_package_cache(n))
     }
+
+    /// The names an inode is resolved under, each with its prefix: the planning name, then the
+    /// first name in each further prefix (hard links into several environments). Empty when
+    /// every name is in a package cache.
+    fn names_per_prefix(&self, inode: &Inode) -> Vec<(PathBuf, PathBuf)> {
+        let Some(planning) = self.planning_name(inode) else {
+            return Vec::new();
+        };
+        let mut found = vec![(planning.clone(), self.prefix_of(planning))];
+        // The names before the planning name are all in a package cache.
+        let rest = inode.names.iter().skip_while(|n| *n != planning).skip(1);
+        for name in rest.filter(|n| !self.in_package_cache(n)) {
+            let prefix = self.prefix_of(name);
+            if !found.iter().any(|(_, p)| *p == prefix) {
+                found.push((name.clone(), prefix));
+            }
+        }
+        found
+    }
 }
 
 /// Plans every ELF inode the scan found.
@@ -233,21 +295,12 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
         .filter_map(|(i, info)| info.as_ref().ok().map(|f| (i.id, f)))
         .collect();
 
-    let mut prefixes: BTreeMap<PathBuf, Prefix> = BTreeMap::new();
-    let planned: Vec<Option<(PathBuf, PathBuf)>> = scan
+    let planned: Vec<Vec<(PathBuf, PathBuf)>> = scan
         .elf_inodes
         .par_iter()
-        .map(|inode| {
-            facts
-                .planning_name(inode)
-                .map(|n| (n.clone(), facts.prefix_of(n)))
-        })
+        .map(|inode| facts.names_per_prefix(inode))
         .collect();
-    for (_, prefix) in planned.iter().flatten() {
-        prefixes
-            .entry(prefix.clone())
-            .or_insert_with(|| Prefix::load(prefix.clone()));
-    }
+    let mut prefixes = load_prefixes(planned.iter().flatten().map(|(_, p)| p.clone()).collect());
     let needed: HashSet<&OsStr> = infos
         .iter()
         .flatten()
@@ -270,30 +323,41 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
         defined_versions: DefinedVersions::default(),
     };
 
+    let context = Context {
+        prefixes: &prefixes,
+        libs: &libs,
+        no_libs: PrefixLibs::default(),
+        settings,
+        resolver: &resolver,
+    };
     let mut plans: Vec<FilePlan> = scan
         .elf_inodes
         .par_iter()
         .enumerate()
         .map(|(k, inode)| {
-            let Some((name, prefix_root)) = &planned[k] else {
+            let Some((name, prefix_root)) = planned[k].first() else {
                 return skipped(
                     inode,
                     "only in a package cache: patched through the environments that link it",
                 );
             };
-            let info = match &infos[k] {
-                Ok(info) => info,
-                Err(message) => return errored(inode, name, prefix_root, message),
-            };
-            let prefix = &prefixes[prefix_root];
-            let empty = PrefixLibs::default();
-            let prefix_libs = libs.get(prefix_root).unwrap_or(&empty);
-            plan_file(inode, name, prefix, info, settings, &resolver, prefix_libs)
+            match &infos[k] {
+                Ok(info) => plan_file(inode, &planned[k], info, &context),
+                Err(message) => errored(inode, name, prefix_root, message),
+            }
         })
         .collect();
     plans.sort_by(|a, b| a.path.cmp(&b.path));
     mark_recorded(&mut plans, &mut prefixes, facts);
     plans
+}
+
+/// Reads each prefix once, in parallel.
+fn load_prefixes(roots: BTreeSet<PathBuf>) -> BTreeMap<PathBuf, Prefix> {
+    roots
+        .into_par_iter()
+        .map(|p| (p.clone(), Prefix::load(p)))
+        .collect()
 }
 
 /// Marks the plans that patch a file which a conda record lists under one of its names, in any
@@ -310,11 +374,7 @@ fn mark_recorded(
         .flat_map(|p| p.names.iter().map(|n| facts.prefix_of(n)))
         .filter(|p| !prefixes.contains_key(p))
         .collect();
-    let read: Vec<(PathBuf, Prefix)> = unread
-        .into_par_iter()
-        .map(|p| (p.clone(), Prefix::load(p)))
-        .collect();
-    prefixes.extend(read);
+    prefixes.extend(load_prefixes(unread));
     for plan in plans.iter_mut().filter(patching) {
         plan.in_conda_record = plan.names.iter().any(|n| {
             prefixes[&facts.prefix_of(n)]
@@ -325,28 +385,75 @@ fn mark_recorded(
     }
 }
 
+/// What planning a file consults besides the file itself.
+struct Context<'a> {
+    prefixes: &'a BTreeMap<PathBuf, Prefix>,
+    libs: &'a HashMap<PathBuf, PrefixLibs>,
+    /// The libraries of a prefix in which none were found.
+    no_libs: PrefixLibs,
+    settings: &'a Settings<'a>,
+    resolver: &'a Resolver<'a>,
+}
+
+impl Context<'_> {
+    /// What `info` needs, as the loader finds it under `name` in `prefix`.
+    fn resolve(
+        &self,
+        info: &FileInfo,
+        name: &Path,
+        prefix: &Path,
+        owner: Option<&str>,
+    ) -> Resolution {
+        let file = FileToResolve {
+            path: name,
+            machine: info.machine,
+            class: info.class,
+            needed: &info.needed,
+            run_path: info.run_path.as_deref(),
+            owner,
+            version_needs: &info.version_needs,
+        };
+        let libs = self.libs.get(prefix).unwrap_or(&self.no_libs);
+        self.resolver.resolve(&file, libs)
+    }
+
+    /// What `info` needs under `name`, in a prefix other than its planning name's.
+    fn resolve_elsewhere(&self, info: &FileInfo, name: &Path, prefix: &Path) -> ResolvedElsewhere {
+        let owner = self.prefixes[prefix].owner_of(name);
+        let resolution = self.resolve(info, name, prefix, owner.as_deref());
+        ResolvedElsewhere {
+            path: name.to_path_buf(),
+            prefix: prefix.to_path_buf(),
+            owner,
+            needed: resolution.needed,
+        }
+    }
+}
+
+/// Plans one inode under `names`: its planning name first, then one name per further prefix it
+/// is linked into, each with its prefix.
 fn plan_file(
     inode: &Inode,
-    name: &Path,
-    prefix: &Prefix,
+    names: &[(PathBuf, PathBuf)],
     info: &FileInfo,
-    settings: &Settings,
-    resolver: &Resolver,
-    libs: &PrefixLibs,
+    context: &Context,
 ) -> FilePlan {
+    let (name, prefix_root) = &names[0];
+    let settings = context.settings;
     let mut plan = FilePlan {
-        path: name.to_path_buf(),
+        path: name.clone(),
         names: inode.names.clone(),
         inode: Some(inode.clone()),
-        prefix: prefix.root.clone(),
+        prefix: prefix_root.clone(),
         action: Action::AlreadyFine,
-        owner: prefix.owner_of(name),
+        owner: context.prefixes[prefix_root].owner_of(name),
         old_interpreter: info.interpreter.clone(),
         new_interpreter: None,
         run_path_kind: info.run_path_kind,
         old_run_path: info.run_path.clone(),
         new_run_path: None,
         resolution: None,
+        also: Vec::new(),
         in_conda_record: false,
     };
     if let Some(reason) = info.skip {
@@ -381,16 +488,14 @@ fn plan_file(
             }
         }
     }
-    let file = FileToResolve {
-        path: name,
-        machine: info.machine,
-        class: info.class,
-        needed: &info.needed,
-        run_path: info.run_path.as_deref(),
-        owner: plan.owner.as_deref(),
-        version_needs: &info.version_needs,
-    };
-    let resolution = resolver.resolve(&file, libs);
+    let mut resolution = context.resolve(info, name, prefix_root, plan.owner.as_deref());
+    plan.also = names[1..]
+        .iter()
+        .map(|(name, prefix)| context.resolve_elsewhere(info, name, prefix))
+        .collect();
+    for elsewhere in &plan.also {
+        resolution.append_entries_for(info.run_path.as_deref(), &elsewhere.needed);
+    }
     plan.new_run_path = resolution.run_path.clone();
     plan.resolution = Some(resolution);
     if plan.new_interpreter.is_some() || plan.new_run_path.is_some() {
@@ -453,6 +558,7 @@ fn bare_plan(inode: &Inode, name: &Path, prefix: &Path, action: Action) -> FileP
         old_run_path: None,
         new_run_path: None,
         resolution: None,
+        also: Vec::new(),
         in_conda_record: false,
     }
 }

@@ -165,12 +165,39 @@ pub struct Resolution {
     pub run_path: Option<String>,
 }
 
-impl Resolution {
-    pub fn unresolved(&self) -> impl Iterator<Item = &Needed> {
-        self.needed
-            .iter()
-            .filter(|n| matches!(n.provider, Provider::Unresolved { .. }))
+impl Needed {
+    pub fn is_unresolved(&self) -> bool {
+        matches!(self.provider, Provider::Unresolved { .. })
     }
+}
+
+impl Resolution {
+    /// Appends the new entries another name of the file (in another prefix) needs that the run
+    /// path lacks, after every entry this resolution placed: what this name loads stays the same,
+    /// and the other name finds what this one does not provide for it.
+    pub fn append_entries_for(&mut self, existing: Option<&str>, other: &[Needed]) {
+        let current = self.run_path.as_deref().or(existing);
+        let mut run_path = entries(current);
+        for entry in other.iter().filter_map(|n| n.provider.new_entry()) {
+            if !run_path.iter().any(|e| e == entry) {
+                run_path.push(entry.to_string());
+            }
+        }
+        let joined = run_path.join(":");
+        self.run_path = (existing.unwrap_or("") != joined).then_some(joined);
+    }
+}
+
+/// The entries of a run path, empty ones left out.
+fn entries(run_path: Option<&str>) -> Vec<String> {
+    run_path
+        .map(|r| {
+            r.split(':')
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A file to resolve, as the scan read it.
@@ -512,13 +539,14 @@ pub fn origin_entry(origin: &Path, dir: &Path) -> String {
     }
 }
 
-/// Sonames nothing could provide, with the files that need them.
+/// Sonames nothing could provide, with the names that need them (each name with what it was
+/// resolved to in its prefix).
 pub fn unresolved_summary<'a>(
-    files: impl Iterator<Item = (&'a Path, &'a Resolution)>,
+    names: impl Iterator<Item = (&'a Path, &'a [Needed])>,
 ) -> BTreeMap<String, Vec<PathBuf>> {
     let mut missing: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for (path, res) in files {
-        for n in res.unresolved() {
+    for (path, needed) in names {
+        for n in needed.iter().filter(|n| n.is_unresolved()) {
             missing
                 .entry(n.soname.clone())
                 .or_default()
@@ -567,6 +595,51 @@ mod tests {
         );
         assert_eq!(placed(&["/b", "/s"], "/b", Some("/s")), ["/b", "/s"]);
         assert_eq!(placed(&["/s"], "/s", Some("/s")), ["/s"]);
+    }
+
+    fn outside(entry: &str) -> Needed {
+        Needed {
+            soname: "libz.so.1".into(),
+            provider: Provider::Outside {
+                entry: entry.into(),
+            },
+            reason: String::new(),
+            before: None,
+        }
+    }
+
+    fn appended(own: Option<&str>, existing: Option<&str>, other: &[Needed]) -> Option<String> {
+        let mut resolution = Resolution {
+            needed: Vec::new(),
+            run_path: own.map(str::to_string),
+        };
+        resolution.append_entries_for(existing, other);
+        resolution.run_path
+    }
+
+    #[test]
+    fn another_prefix_gets_the_entries_it_lacks_after_the_planning_names() {
+        let origin = Some("$ORIGIN");
+        assert_eq!(
+            appended(None, origin, &[outside("/s/z/lib")]).as_deref(),
+            Some("$ORIGIN:/s/z/lib")
+        );
+        assert_eq!(
+            appended(
+                Some("/s/x/lib:$ORIGIN"),
+                origin,
+                &[outside("$ORIGIN"), outside("/s/z/lib"), outside("/s/x/lib")]
+            )
+            .as_deref(),
+            Some("/s/x/lib:$ORIGIN:/s/z/lib")
+        );
+        let found = Needed {
+            provider: Provider::RunPath {
+                entry: "$ORIGIN".into(),
+            },
+            ..outside("")
+        };
+        assert_eq!(appended(None, origin, &[found]), None);
     }
 
     #[test]

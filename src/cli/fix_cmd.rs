@@ -252,19 +252,18 @@ fn print_human(outcome: &FixOutcome, dry_run: bool) {
             eprintln!("error: {}: {message}", r.plan.path.display());
         }
     }
-    for r in results {
-        for problem in &r.load_problems {
-            let hint = problem
-                .suggestion
-                .as_deref()
-                .map(|s| format!("; {s}"))
-                .unwrap_or_default();
-            eprintln!(
-                "does not load: {}: {}{hint}",
-                r.plan.path.display(),
-                problem.message
-            );
-        }
+    for failed in results.iter().flat_map(|r| &r.load_problems) {
+        let problem = &failed.problem;
+        let hint = problem
+            .suggestion
+            .as_deref()
+            .map(|s| format!("; {s}"))
+            .unwrap_or_default();
+        eprintln!(
+            "does not load: {}: {}{hint}",
+            failed.path.display(),
+            problem.message
+        );
     }
     for (path, why) in scan_errors {
         eprintln!("error: {}: {why}", path.display());
@@ -278,9 +277,9 @@ fn print_human(outcome: &FixOutcome, dry_run: bool) {
         let more = files.len().saturating_sub(5);
         let searched = results
             .iter()
-            .filter_map(|r| r.plan.resolution.as_ref())
-            .flat_map(|res| res.unresolved())
-            .find(|n| n.soname == *soname)
+            .flat_map(|r| r.plan.names_in_prefixes())
+            .flat_map(|name| name.needed)
+            .find(|n| n.is_unresolved() && n.soname == *soname)
             .and_then(|n| match &n.provider {
                 resolve::Provider::Unresolved { searched } => Some(searched.join(", ")),
                 _ => None,

@@ -222,10 +222,11 @@ impl Printer {
                     format!("error: {message}"),
                 );
             }
-            for problem in &r.load_problems {
+            for failed in &r.load_problems {
+                let (path, message) = (&failed.path, &failed.problem.message);
                 self.once(
-                    json!({"event": "not_loading", "path": text(path), "message": problem.message}),
-                    format!("does not load: {}: {}", path.display(), problem.message),
+                    json!({"event": "not_loading", "path": text(path), "message": message}),
+                    format!("does not load: {}: {message}", path.display()),
                 );
             }
         }
