@@ -134,6 +134,11 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// Whether the provider lies outside the prefix: a lib dir, the store, the driver dir.
+    fn is_outside(&self) -> bool {
+        matches!(self, Provider::Outside { .. } | Provider::GpuDriver { .. })
+    }
+
     fn new_entry(&self) -> Option<&str> {
         match self {
             Provider::Prefix { entry, .. }
@@ -172,15 +177,34 @@ impl Needed {
 }
 
 impl Resolution {
-    /// Appends the new entries another name of the file (in another prefix) needs that the run
-    /// path lacks, after every entry this resolution placed: what this name loads stays the same,
-    /// and the other name finds what this one does not provide for it.
+    /// Adds the new entries another name of the file (in another prefix) needs that the run
+    /// path lacks: what this name loads stays the same, and the other name finds what this one
+    /// does not provide for it. Entries into a prefix go before the outside entries (store, lib
+    /// dirs, driver dir) that either name added, so that a prefix's own copy comes first in every
+    /// prefix that has one; outside entries go last.
     pub fn append_entries_for(&mut self, existing: Option<&str>, other: &[Needed]) {
         let current = self.run_path.as_deref().or(existing);
         let mut run_path = entries(current);
-        for entry in other.iter().filter_map(|n| n.provider.new_entry()) {
-            if !run_path.iter().any(|e| e == entry) {
-                run_path.push(entry.to_string());
+        let mut outside: Vec<String> = self
+            .needed
+            .iter()
+            .filter(|n| n.provider.is_outside())
+            .filter_map(|n| n.provider.new_entry().map(str::to_string))
+            .collect();
+        for needed in other {
+            let Some(entry) = needed.provider.new_entry() else {
+                continue;
+            };
+            if run_path.iter().any(|e| e == entry) {
+                continue;
+            }
+            let first_outside = run_path.iter().position(|e| outside.contains(e));
+            match first_outside {
+                Some(at) if !needed.provider.is_outside() => run_path.insert(at, entry.to_string()),
+                _ => run_path.push(entry.to_string()),
+            }
+            if needed.provider.is_outside() {
+                outside.push(entry.to_string());
             }
         }
         let joined = run_path.join(":");
@@ -640,6 +664,26 @@ mod tests {
             ..outside("")
         };
         assert_eq!(appended(None, origin, &[found]), None);
+    }
+
+    #[test]
+    fn another_prefixs_own_copy_goes_before_the_store_entries_of_the_planning_name() {
+        let mut resolution = Resolution {
+            needed: vec![outside("/s/z/lib")],
+            run_path: Some("/s/z/lib".into()),
+        };
+        let own = Needed {
+            provider: Provider::Prefix {
+                dir: PathBuf::from("/env/b/lib"),
+                entry: "$ORIGIN/../lib".into(),
+            },
+            ..outside("")
+        };
+        resolution.append_entries_for(None, &[outside("/s/x/lib"), own]);
+        assert_eq!(
+            resolution.run_path.as_deref(),
+            Some("$ORIGIN/../lib:/s/z/lib:/s/x/lib")
+        );
     }
 
     #[test]
