@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::search::{Tokens, search_dirs};
 
 use crate::elf::{Class, Elf, ElfError, RunPathKind};
 use crate::scan::MappedFile;
@@ -39,6 +41,8 @@ pub(crate) struct Object {
     pub is_loadable: bool,
     pub is_static: bool,
     pub is_separate_debug: bool,
+    /// Its run path as directories, when it has no tokens to expand.
+    plain_dirs: OnceLock<Arc<[PathBuf]>>,
 }
 
 impl Object {
@@ -69,6 +73,7 @@ impl Object {
             is_loadable: elf.is_loadable(),
             is_static: elf.is_static(),
             is_separate_debug: elf.is_separate_debug(),
+            plain_dirs: OnceLock::new(),
         }
     }
 
@@ -81,6 +86,18 @@ impl Object {
             RunPathKind::RPath => self.rpath.as_deref(),
         };
         path.filter(|p| !p.is_empty())
+    }
+
+    /// `raw`, its serving run path without tokens, as directories: split once.
+    pub fn plain_search_dirs(&self, raw: &[u8]) -> Arc<[PathBuf]> {
+        let no_tokens = Tokens {
+            origin: Path::new(""),
+            lib: "",
+            platform: "",
+        };
+        self.plain_dirs
+            .get_or_init(|| search_dirs(raw, b":", &no_tokens).into())
+            .clone()
     }
 
     /// Whether the loader skips `DT_RPATH`s when searching for this object's dependencies.
@@ -119,6 +136,9 @@ pub(crate) struct Objects {
     /// Canonical paths of the directories probed in: a search tries many names in few
     /// directories, and resolving a path costs a `readlink` per component.
     dirs: Mutex<HashMap<OsString, Option<PathBuf>>>,
+    /// Directories that have a `glibc-hwcaps` subdirectory: few do, and a search would otherwise
+    /// probe each of its subdirectories for every name in every directory.
+    hwcaps: Mutex<HashMap<OsString, bool>>,
 }
 
 impl Objects {
@@ -135,6 +155,16 @@ impl Objects {
         };
         lock(&self.by_path).insert(path.as_os_str().to_owned(), probe.clone());
         probe
+    }
+
+    /// Whether `dir/glibc-hwcaps` exists, so that its subdirectories are worth probing.
+    pub fn has_hwcaps_subdirs(&self, dir: &Path) -> bool {
+        if let Some(&known) = lock(&self.hwcaps).get(dir.as_os_str()) {
+            return known;
+        }
+        let has = dir.join("glibc-hwcaps").is_dir();
+        lock(&self.hwcaps).insert(dir.as_os_str().to_owned(), has);
+        has
     }
 
     /// `path` with every symbolic link resolved, as `fs::canonicalize` gives it, resolving its

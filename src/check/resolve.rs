@@ -1,6 +1,7 @@
 //! One simulated start of the loader: load order, search order, and symbol version checks, as
 //! glibc's `_dl_map_object_deps`, `_dl_map_object` and `_dl_check_map_versions` do them.
 
+use std::cell::OnceCell;
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -26,9 +27,56 @@ struct Loaded {
     loaded_by: Option<usize>,
     /// What `$ORIGIN` means in its strings.
     origin: PathBuf,
-    shown: String,
+    /// The name the program was given by, when it differs from `path`.
+    named: Option<PathBuf>,
+    /// How messages name it, made when one does.
+    shown: OnceCell<String>,
+    /// Its run path as directories, expanded when first searched: every library it needs
+    /// searches them.
+    dirs: OnceCell<Arc<[PathBuf]>>,
     /// Whether it is in the load order (the interpreter is loaded but joins only when needed).
     queued: bool,
+}
+
+impl Loaded {
+    fn new(names: Vec<String>, path: PathBuf, object: Arc<Object>, origin: PathBuf) -> Loaded {
+        Loaded {
+            names,
+            path,
+            object,
+            loaded_by: None,
+            origin,
+            named: None,
+            shown: OnceCell::new(),
+            dirs: OnceCell::new(),
+            queued: true,
+        }
+    }
+
+    /// Its path as `shown` names it: relative to the root when inside it.
+    fn shown(&self, shown: &Shown) -> &str {
+        self.shown.get_or_init(|| {
+            shown.path(
+                &self.object.canonical,
+                self.named.as_deref().unwrap_or(&self.path),
+            )
+        })
+    }
+
+    /// The directories of its run path of `kind`, if it has one that serves (an object has one
+    /// at most: a `DT_RUNPATH` hides its `DT_RPATH`). One without tokens is the same wherever
+    /// the object lies and is expanded once for every check.
+    fn search_dirs(&self, kind: RunPathKind, tokens: &Tokens) -> Option<Arc<[PathBuf]>> {
+        let raw = self.object.search_path(kind)?;
+        if !raw.contains(&b'$') {
+            return Some(self.object.plain_search_dirs(raw));
+        }
+        Some(
+            self.dirs
+                .get_or_init(|| search_dirs(raw, b":", tokens).into())
+                .clone(),
+        )
+    }
 }
 
 /// What one place of the search turned up.
@@ -54,11 +102,34 @@ enum Hit {
     },
 }
 
-/// Where a search looked, for the message when it fails.
+/// Where a search looked, for the message when it fails. Most searches succeed, so a search
+/// first runs without recording, and runs again recording only when it fails.
 #[derive(Default)]
 struct Trail {
+    recording: bool,
     places: Vec<String>,
     skipped: Vec<(PathBuf, String)>,
+}
+
+impl Trail {
+    fn recording() -> Trail {
+        Trail {
+            recording: true,
+            ..Trail::default()
+        }
+    }
+
+    fn place(&mut self, place: impl FnOnce() -> String) {
+        if self.recording {
+            self.places.push(place());
+        }
+    }
+
+    fn skipped(&mut self, path: &Path, why: String) {
+        if self.recording {
+            self.skipped.push((path.to_path_buf(), why));
+        }
+    }
 }
 
 pub(super) struct Session<'a, 'h> {
@@ -84,26 +155,21 @@ impl<'a, 'h> Session<'a, 'h> {
         // The kernel hands ld.so the program's real path (/proc/self/exe), so `$ORIGIN` of the
         // program is the directory of its canonical path.
         let program = Loaded {
-            names: Vec::new(),
-            path: main.canonical.clone(),
-            origin: parent(&main.canonical),
-            shown: shown.path(&main.canonical, main_path),
-            object: main,
-            loaded_by: None,
-            queued: true,
+            named: Some(main_path.to_path_buf()),
+            ..Loaded::new(
+                Vec::new(),
+                main.canonical.clone(),
+                main.clone(),
+                parent(&main.canonical),
+            )
         };
         let mut loaded = vec![program];
         if let (Some(path), Some(rtld)) = (&setup.interpreter, &setup.rtld) {
             let mut names = vec![path.display().to_string()];
             names.extend(rtld.soname.clone());
             loaded.push(Loaded {
-                names,
-                path: path.clone(),
-                origin: parent(path),
-                shown: shown.path(&rtld.canonical, path),
-                object: rtld.clone(),
-                loaded_by: None,
                 queued: false,
+                ..Loaded::new(names, path.clone(), rtld.clone(), parent(path))
             });
         }
         Session {
@@ -120,8 +186,8 @@ impl<'a, 'h> Session<'a, 'h> {
     pub fn run(mut self) -> FileReport {
         // Breadth first: each object's needed libraries in order, new ones joining the queue.
         while let Some(index) = self.queue.pop_front() {
-            let needed = self.loaded[index].object.needed.clone();
-            for name in &needed {
+            let object = self.loaded[index].object.clone();
+            for name in &object.needed {
                 self.need(index, name);
             }
         }
@@ -142,8 +208,7 @@ impl<'a, 'h> Session<'a, 'h> {
         if self.unfound.contains(&name) {
             return;
         }
-        let mut trail = Trail::default();
-        match self.lookup(needer, &name, &mut trail) {
+        match self.lookup(needer, &name, &mut Trail::default()) {
             Some(Hit::Found { path, object, via }) => self.add(needer, name, path, object, via),
             Some(Hit::Refused { path, why }) => {
                 self.unfound.insert(name.clone());
@@ -151,6 +216,8 @@ impl<'a, 'h> Session<'a, 'h> {
             }
             None => {
                 self.unfound.insert(name.clone());
+                let mut trail = Trail::recording();
+                self.lookup(needer, &name, &mut trail);
                 self.not_found(needer, &name, &trail);
             }
         }
@@ -198,13 +265,8 @@ impl<'a, 'h> Session<'a, 'h> {
             via,
         });
         self.loaded.push(Loaded {
-            names: vec![name],
-            shown: self.shown.path(&object.canonical, &path),
-            path,
-            object,
             loaded_by: Some(needer),
-            origin,
-            queued: true,
+            ..Loaded::new(vec![name], path, object, origin)
         });
         self.queue.push_back(self.loaded.len() - 1);
     }
@@ -218,18 +280,25 @@ impl<'a, 'h> Session<'a, 'h> {
         // An object with a RUNPATH ignores every RPATH, its loaders' included.
         if !object.has_runpath() {
             for owner in self.chain(needer) {
-                let Some(rpath) = self.loaded[owner].object.search_path(RunPathKind::RPath) else {
+                let owner_object = self.loaded[owner].object.clone();
+                let Some(rpath) = owner_object.search_path(RunPathKind::RPath) else {
                     continue;
                 };
-                let dirs = search_dirs(rpath, b":", &self.tokens(owner));
-                let mut place = format!("RPATH [{}]", lossy(rpath));
-                if owner != needer {
-                    place += &format!(" of {}", self.loaded[owner].shown);
-                }
+                let Some(dirs) =
+                    self.loaded[owner].search_dirs(RunPathKind::RPath, &self.tokens(owner))
+                else {
+                    continue;
+                };
+                let inherited =
+                    (owner != needer).then(|| self.loaded[owner].shown(self.shown).to_string());
+                let place = || match &inherited {
+                    None => format!("RPATH [{}]", lossy(rpath)),
+                    Some(of) => format!("RPATH [{}] of {of}", lossy(rpath)),
+                };
                 let via = Via::Rpath {
                     owner: self.loaded[owner].path.clone(),
                 };
-                if let Some(hit) = self.search(&dirs, name, via, place, trail) {
+                if let Some(hit) = self.search(&dirs, name, via, &place, trail) {
                     return Some(hit);
                 }
             }
@@ -241,15 +310,18 @@ impl<'a, 'h> Session<'a, 'h> {
                 .iter()
                 .flat_map(|e| search_dirs(e.as_os_str().as_bytes(), b"", &tokens))
                 .collect();
-            let place = format!("LD_LIBRARY_PATH [{}]", join_dirs(entries));
-            if let Some(hit) = self.search(&dirs, name, Via::LdLibraryPath, place, trail) {
+            let place = || format!("LD_LIBRARY_PATH [{}]", join_dirs(entries));
+            if let Some(hit) = self.search(&dirs, name, Via::LdLibraryPath, &place, trail) {
                 return Some(hit);
             }
         }
         if let Some(runpath) = object.search_path(RunPathKind::RunPath) {
-            let dirs = search_dirs(runpath, b":", &self.tokens(needer));
-            let place = format!("RUNPATH [{}]", lossy(runpath));
-            if let Some(hit) = self.search(&dirs, name, Via::Runpath, place, trail) {
+            let tokens = self.tokens(needer);
+            let dirs = self.loaded[needer]
+                .search_dirs(RunPathKind::RunPath, &tokens)
+                .unwrap_or_default();
+            let place = || format!("RUNPATH [{}]", lossy(runpath));
+            if let Some(hit) = self.search(&dirs, name, Via::Runpath, &place, trail) {
                 return Some(hit);
             }
         }
@@ -264,7 +336,7 @@ impl<'a, 'h> Session<'a, 'h> {
         if setup.use_ld_cache
             && let Some(cache) = self.loader.ld_cache()
         {
-            trail.places.push("the ld.so cache".into());
+            trail.place(|| "the ld.so cache".into());
             let fits = |flags| host::cache_flags_fit(setup.machine, setup.class, flags);
             if let Some(cached) = cache.lookup(name, fits, setup.hwcaps)
                 && !(nodeflib && setup.default_dirs.iter().any(|d| cached.starts_with(d)))
@@ -276,8 +348,8 @@ impl<'a, 'h> Session<'a, 'h> {
         if nodeflib {
             return None;
         }
-        let place = format!("the default dirs [{}]", join_dirs(&setup.default_dirs));
-        self.search(&setup.default_dirs, name, Via::DefaultDirs, place, trail)
+        let place = || format!("the default dirs [{}]", join_dirs(&setup.default_dirs));
+        self.search(&setup.default_dirs, name, Via::DefaultDirs, &place, trail)
     }
 
     /// Looks for `name` in each of `dirs`, trying each one's `glibc-hwcaps` subdirectories first.
@@ -286,25 +358,28 @@ impl<'a, 'h> Session<'a, 'h> {
         dirs: &[PathBuf],
         name: &str,
         via: Via,
-        place: String,
+        place: &dyn Fn() -> String,
         trail: &mut Trail,
     ) -> Option<Hit> {
-        if dirs.iter().any(|d| d.is_relative()) {
+        // Noted on the first run of a search only: a failed one runs again to record its trail.
+        if !trail.recording && dirs.iter().any(|d| d.is_relative()) {
             self.report.note(format!(
-                "{place} has an entry relative to the current directory, so what it finds depends on where the program is started"
+                "{} has an entry relative to the current directory, so what it finds depends on where the program is started",
+                place()
             ));
         }
-        trail.places.push(place);
+        trail.place(place);
         for dir in dirs {
-            let subdirs = self
-                .setup
-                .hwcaps
-                .iter()
-                .map(|h| dir.join("glibc-hwcaps").join(h));
-            for subdir in subdirs.chain([dir.clone()]) {
-                if let Some(hit) = self.try_path(&subdir.join(name), via.clone(), trail) {
-                    return Some(hit);
+            if self.loader.objects.has_hwcaps_subdirs(dir) {
+                for hwcap in self.setup.hwcaps {
+                    let path = dir.join("glibc-hwcaps").join(hwcap).join(name);
+                    if let Some(hit) = self.try_path(&path, via.clone(), trail) {
+                        return Some(hit);
+                    }
                 }
+            }
+            if let Some(hit) = self.try_path(&dir.join(name), via.clone(), trail) {
+                return Some(hit);
             }
         }
         None
@@ -314,7 +389,7 @@ impl<'a, 'h> Session<'a, 'h> {
         match self.candidate(path) {
             Candidate::Missing => None,
             Candidate::Skipped(why) => {
-                trail.skipped.push((path.to_path_buf(), why));
+                trail.skipped(path, why);
                 None
             }
             Candidate::Refused(why) => Some(Hit::Refused {
@@ -406,21 +481,22 @@ impl<'a, 'h> Session<'a, 'h> {
             if !self.loaded[index].queued {
                 continue;
             }
-            let needs = self.loaded[index].object.version_needs.clone();
-            for (file, versions) in &needs {
+            let object = self.loaded[index].object.clone();
+            for (file, versions) in &object.version_needs {
                 match self.find_loaded(file) {
                     None if self.unfound.contains(file) => {}
                     None => {
                         let message = format!(
                             "{} needs versions of {file}, which nothing loads (ld.so stops on an assertion)",
-                            self.loaded[index].shown
+                            self.loaded[index].shown(self.shown)
                         );
                         self.problem(ProblemKind::Inconsistent, index, file, message);
                     }
                     Some(target) if !self.loaded[target].object.defines_versions() => {
                         self.report.note(format!(
                             "{} has no version information, though {} needs some",
-                            self.loaded[target].shown, self.loaded[index].shown
+                            self.loaded[target].shown(self.shown),
+                            self.loaded[index].shown(self.shown)
                         ));
                     }
                     Some(target) => {

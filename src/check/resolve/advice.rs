@@ -22,7 +22,7 @@ impl Session<'_, '_> {
     }
 
     pub(super) fn not_found(&mut self, needer: usize, name: &str, trail: &Trail) {
-        let who = &self.loaded[needer].shown;
+        let who = self.loaded[needer].shown(self.shown);
         let mut message = if name.contains('/') {
             format!("{name} (needed by {who}) does not exist")
         } else {
@@ -43,7 +43,7 @@ impl Session<'_, '_> {
     pub(super) fn refused(&mut self, needer: usize, name: &str, path: &Path, why: &str) {
         let message = format!(
             "{name} (needed by {}): the loader stops at {}: {why}",
-            self.loaded[needer].shown,
+            self.loaded[needer].shown(self.shown),
             path.display()
         );
         self.problem(ProblemKind::Unloadable, needer, name, message);
@@ -72,7 +72,7 @@ impl Session<'_, '_> {
                 ),
                 Some(format!(
                     "add {entry} to the run path of {}",
-                    needer_entry.shown
+                    needer_entry.shown(self.shown)
                 )),
             );
         }
@@ -96,7 +96,7 @@ impl Session<'_, '_> {
             Some(format!(
                 "add {} to the run path of {}",
                 dir.display(),
-                needer_entry.shown
+                needer_entry.shown(self.shown)
             )),
         )
     }
@@ -116,7 +116,7 @@ impl Session<'_, '_> {
         };
         let mut message = format!(
             "{} needs {version}; the {file} it finds ({found_dir}) {has}",
-            self.loaded[needer].shown
+            self.loaded[needer].shown(self.shown)
         );
         let serving = self.version_provider(file, version);
         if let Some(serving) = &serving {
@@ -125,7 +125,7 @@ impl Session<'_, '_> {
         let suggestion = serving.map(|s| {
             format!(
                 "make {} find {s} before {found_dir}",
-                self.loaded[needer].shown
+                self.loaded[needer].shown(self.shown)
             )
         });
         let problem = self.problem(ProblemKind::MissingVersion, needer, file, message);
