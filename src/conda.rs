@@ -43,18 +43,13 @@ pub enum CondaError {
 
 pub type Result<T, E = CondaError> = std::result::Result<T, E>;
 
-/// One entry of a record's `paths_data.paths`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PathEntry {
+/// The path of one entry of a record's `paths_data.paths`: the rest of it is not needed to
+/// know which package installed a file.
+#[derive(Debug, Deserialize)]
+struct PathEntry {
     /// Relative to the prefix.
     #[serde(rename = "_path")]
-    pub path: String,
-    pub path_type: Option<String>,
-    /// Hash of the file as shipped in the package.
-    pub sha256: Option<String>,
-    /// Hash of the file as installed, when it differs from `sha256` (prefix replacement).
-    pub sha256_in_prefix: Option<String>,
-    pub size_in_bytes: Option<u64>,
+    path: String,
 }
 
 /// A package installed in the prefix.
@@ -67,7 +62,6 @@ pub struct Package {
     pub depends: Vec<String>,
     /// Installed files, relative to the prefix.
     pub files: Vec<String>,
-    pub paths: Vec<PathEntry>,
     /// The `conda-meta/*.json` record this was read from.
     pub record: PathBuf,
     /// The extracted package in the package cache, when it still exists.
@@ -203,7 +197,8 @@ struct RecordJson {
     build: Option<String>,
     depends: Option<Vec<String>>,
     files: Option<Vec<String>>,
-    paths_data: Option<PathsJson>,
+    /// Read only when `files` is missing: it lists the same paths, with much else.
+    paths_data: Option<Box<serde_json::value::RawValue>>,
     link: Option<LinkJson>,
     extracted_package_dir: Option<String>,
     url: Option<String>,
@@ -215,6 +210,12 @@ struct RecordJson {
 struct PathsJson {
     #[serde(default)]
     paths: Vec<PathEntry>,
+}
+
+impl PathsJson {
+    fn into_files(self) -> Vec<String> {
+        self.paths.into_iter().map(|p| p.path).collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,14 +257,19 @@ fn read_package(prefix: &Path, record_path: &Path) -> Result<Package> {
         (Some(info), true) => read_cached_json(&info.join("index.json")).unwrap_or_default(),
         _ => RecordJson::default(),
     };
-    let paths = match (record.paths_data, &info) {
-        (Some(data), _) => Some(data.paths),
-        (None, Some(info)) => {
-            read_cached_json::<PathsJson>(&info.join("paths.json")).map(|p| p.paths)
-        }
-        (None, None) => None,
+    let files = match (record.files, record.paths_data, &info) {
+        (Some(files), _, _) => files,
+        (None, Some(data), _) => serde_json::from_str::<PathsJson>(data.get())
+            .map_err(|source| CondaError::Parse {
+                path: record_path.to_path_buf(),
+                source,
+            })?
+            .into_files(),
+        (None, None, Some(info)) => read_cached_json::<PathsJson>(&info.join("paths.json"))
+            .map(PathsJson::into_files)
+            .unwrap_or_default(),
+        (None, None, None) => Vec::new(),
     };
-    let (files, paths) = reconcile_files(record.files, paths);
     let (name_from_file, version_from_file, build_from_file) =
         identity_from_record_name(record_path);
     let name = record
@@ -287,38 +293,11 @@ fn read_package(prefix: &Path, record_path: &Path) -> Result<Package> {
             .unwrap_or_default(),
         depends: record.depends.or(index.depends).unwrap_or_default(),
         files,
-        paths,
         record: record_path.to_path_buf(),
         package_dir,
         url: record.url,
         file_name: record.file_name,
     })
-}
-
-/// Completes `files` from `paths` and the other way round, whichever the record lacks.
-fn reconcile_files(
-    files: Option<Vec<String>>,
-    paths: Option<Vec<PathEntry>>,
-) -> (Vec<String>, Vec<PathEntry>) {
-    match (files, paths) {
-        (Some(files), Some(paths)) => (files, paths),
-        (None, Some(paths)) => (paths.iter().map(|p| p.path.clone()).collect(), paths),
-        (Some(files), None) => {
-            let paths = files.iter().map(|f| bare_path_entry(f)).collect();
-            (files, paths)
-        }
-        (None, None) => (Vec::new(), Vec::new()),
-    }
-}
-
-fn bare_path_entry(path: &str) -> PathEntry {
-    PathEntry {
-        path: path.to_string(),
-        path_type: None,
-        sha256: None,
-        sha256_in_prefix: None,
-        size_in_bytes: None,
-    }
 }
 
 /// Records are named `<name>-<version>-<build>.json`; names may hold dashes, version and build
@@ -807,9 +786,20 @@ mod tests {
         assert_eq!(zlib.build, "hb9d3cd8_2");
         assert_eq!(zlib.depends, ["libgcc >=13"]);
         assert_eq!(zlib.files, ["lib/libz.so.1"]);
-        assert_eq!(zlib.paths[0].size_in_bytes, Some(7));
         assert_eq!(zlib.package_dir.as_deref(), Some(pkg.as_path()));
         assert_eq!(conda.owner_of("lib/libz.so.1").unwrap().name, "libzlib");
+    }
+
+    #[test]
+    fn a_record_without_files_lists_them_in_its_paths_data() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir.path().join("conda-meta/zstd-1.5.6-h0_0.json"),
+            r#"{"name": "zstd", "depends": [], "paths_data": {"paths": [{"_path": "lib/libzstd.so.1", "sha256": "ab", "size_in_bytes": 7}], "paths_version": 1}}"#,
+        );
+        let conda = CondaPrefix::load(dir.path()).unwrap().unwrap();
+        assert_eq!(conda.package("zstd").unwrap().files, ["lib/libzstd.so.1"]);
+        assert_eq!(conda.owner_of("lib/libzstd.so.1").unwrap().name, "zstd");
     }
 
     #[test]

@@ -134,38 +134,46 @@ enum Examined {
 /// from the listing has each name examined on its own.
 fn examine_group(names: &[(PathBuf, InodeId)]) -> Vec<(PathBuf, Examined)> {
     let (first, listed) = &names[0];
-    let opened = open_elf(first);
-    let as_listed = match &opened {
-        Ok((_, stat)) => stat.id == *listed,
-        Err(_) => true,
-    };
-    if !as_listed {
-        return names
-            .iter()
-            .map(|(path, _)| (path.clone(), examine(open_elf(path))))
-            .collect();
-    }
-    match opened {
-        Ok((true, stat)) => {
-            let mut out = vec![(first.clone(), Examined::Elf(stat))];
-            out.extend(
-                names[1..]
-                    .iter()
-                    .map(|(path, _)| (path.clone(), stat_elf_name(path, stat))),
-            );
-            out
-        }
-        Ok((false, _)) => Vec::new(),
-        Err(reason) => names
+    let failed_all = |reason: String| {
+        names
             .iter()
             .map(|(path, _)| (path.clone(), Examined::Failed(reason.clone())))
-            .collect(),
+            .collect()
+    };
+    let (is_elf, file) = match read_magic(first) {
+        Ok((false, _)) if names.len() == 1 => return Vec::new(),
+        Ok(opened) => opened,
+        Err(reason) => return failed_all(reason),
+    };
+    let stat = match stat_of(&file) {
+        Ok(stat) => stat,
+        Err(reason) => return failed_all(reason),
+    };
+    if stat.id != *listed && names.len() > 1 {
+        return names
+            .iter()
+            .map(|(path, _)| (path.clone(), examine(path)))
+            .collect();
     }
+    if !is_elf {
+        return Vec::new();
+    }
+    let mut out = vec![(first.clone(), Examined::Elf(stat))];
+    out.extend(
+        names[1..]
+            .iter()
+            .map(|(path, _)| (path.clone(), stat_elf_name(path, stat))),
+    );
+    out
 }
 
-fn examine(opened: Result<(bool, Stat), String>) -> Examined {
-    match opened {
-        Ok((true, stat)) => Examined::Elf(stat),
+/// What the file at `path` is, read on its own.
+fn examine(path: &Path) -> Examined {
+    match read_magic(path) {
+        Ok((true, file)) => match stat_of(&file) {
+            Ok(stat) => Examined::Elf(stat),
+            Err(reason) => Examined::Failed(reason),
+        },
         Ok((false, _)) => Examined::NotElf,
         Err(reason) => Examined::Failed(reason),
     }
@@ -179,7 +187,7 @@ fn stat_elf_name(path: &Path, first: Stat) -> Examined {
             Examined::Elf(Stat::of(&meta))
         }
         Ok(meta) if !meta.is_file() => Examined::NotElf,
-        Ok(_) => examine(open_elf(path)),
+        Ok(_) => examine(path),
         Err(e) => Examined::Failed(format!("cannot stat: {e}; {}", crate::apply::advice(&e))),
     }
 }
@@ -268,9 +276,9 @@ pub fn is_own_temp_file(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with(".autopatch-"))
 }
 
-/// Whether the file at `path` starts with the ELF magic, with its `stat`; `Err` with the reason
-/// when it cannot be read.
-fn open_elf(path: &Path) -> Result<(bool, Stat), String> {
+/// Whether the file at `path` starts with the ELF magic, and the file, open; `Err` with the
+/// reason when it cannot be read.
+fn read_magic(path: &Path) -> Result<(bool, fs::File), String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()
@@ -278,15 +286,18 @@ fn open_elf(path: &Path) -> Result<(bool, Stat), String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| format!("cannot open: {e}; {}", crate::apply::advice(&e)))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot stat: {e}; {}", crate::apply::advice(&e)))?;
     let mut magic = [0u8; 4];
     match file.read_exact(&mut magic) {
-        Ok(()) => Ok((&magic == b"\x7fELF", Stat::of(&meta))),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok((false, Stat::of(&meta))),
+        Ok(()) => Ok((&magic == b"\x7fELF", file)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok((false, file)),
         Err(e) => Err(format!("cannot read: {e}; {}", crate::apply::advice(&e))),
     }
+}
+
+fn stat_of(file: &fs::File) -> Result<Stat, String> {
+    file.metadata()
+        .map(|meta| Stat::of(&meta))
+        .map_err(|e| format!("cannot stat: {e}; {}", crate::apply::advice(&e)))
 }
 
 /// Why an ELF file is left alone, if it is.
