@@ -10,6 +10,7 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -432,14 +433,19 @@ pub fn update_records_logged(
         .iter()
         .map(|&(path, sha, size)| (path, (sha, size)))
         .collect();
-    // What a record that lists a changed file holds: its path as a JSON string.
+    // What a record that lists a changed file holds: its path as a JSON string. Hundreds of
+    // paths are looked for in each record at once.
     let quoted: Vec<String> = by_path
         .keys()
         .filter_map(|path| serde_json::to_string(path).ok())
         .collect();
+    let listing = AhoCorasick::new(&quoted).map_err(|e| CondaError::Read {
+        path: meta.clone(),
+        source: io::Error::other(e),
+    })?;
     let updates: Vec<RecordUpdate> = record_paths(&meta)?
         .into_par_iter()
-        .map(|record| planned_update(record, &by_path, &quoted))
+        .map(|record| planned_update(record, &by_path, &listing))
         .filter_map(Result::transpose)
         .collect::<Result<_>>()?;
     for u in &updates {
@@ -471,9 +477,9 @@ struct RecordUpdate {
 fn planned_update(
     record: PathBuf,
     changed: &HashMap<&str, (&str, u64)>,
-    quoted: &[String],
+    listing: &AhoCorasick,
 ) -> Result<Option<RecordUpdate>> {
-    let (text, mut json) = match read_record_listing(&record, quoted)? {
+    let (text, mut json) = match read_record_listing(&record, listing)? {
         Some(read) => read,
         None => return Ok(None),
     };
@@ -509,14 +515,14 @@ fn planned_update(
     }))
 }
 
-/// The record parsed, when its text holds one of `quoted` (changed paths as JSON strings): most
-/// records of an environment list none of a run's files and are not parsed.
-fn read_record_listing(record: &Path, quoted: &[String]) -> Result<Option<(String, Value)>> {
+/// The record parsed, when its text holds one of the changed paths `listing` finds (as JSON
+/// strings): most records of an environment list none of a run's files and are not parsed.
+fn read_record_listing(record: &Path, listing: &AhoCorasick) -> Result<Option<(String, Value)>> {
     let text = fs::read_to_string(record).map_err(|source| CondaError::Read {
         path: record.to_path_buf(),
         source,
     })?;
-    if !quoted.iter().any(|q| text.contains(q.as_str())) {
+    if !listing.is_match(&text) {
         return Ok(None);
     }
     parse_record(record, text).map(Some)

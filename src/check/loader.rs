@@ -1,8 +1,10 @@
 //! The checker's entry points: configuration, per-file setup (interpreter, default directories)
 //! and walking directories.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -67,6 +69,7 @@ pub struct Loader<'h> {
     pub(super) hints: &'h dyn Hints,
     pub(super) objects: Objects,
     ld_cache: OnceLock<Option<LdCache>>,
+    roots: Mutex<HashMap<OsString, Arc<Shown>>>,
 }
 
 /// How the loader is set up for one file.
@@ -91,6 +94,7 @@ impl Loader<'static> {
             hints: &NoHints,
             objects: Objects::default(),
             ld_cache: OnceLock::new(),
+            roots: Mutex::default(),
         }
     }
 }
@@ -103,6 +107,7 @@ impl<'h> Loader<'h> {
             hints,
             objects: self.objects,
             ld_cache: self.ld_cache,
+            roots: self.roots,
         }
     }
 
@@ -113,7 +118,17 @@ impl<'h> Loader<'h> {
 
     /// Checks one file, showing paths inside `root` relative to it.
     pub fn check_file_in(&self, path: &Path, root: &Path) -> FileReport {
-        self.check_one(path, &Shown::new(Some(root)))
+        self.check_one(path, &self.shown_in(root))
+    }
+
+    /// How paths inside `root` are shown, made once per root: resolving it costs a system call
+    /// per component, and a run checks thousands of files in a few roots.
+    fn shown_in(&self, root: &Path) -> Arc<Shown> {
+        let mut roots = self.roots.lock().unwrap_or_else(|e| e.into_inner());
+        roots
+            .entry(root.as_os_str().to_owned())
+            .or_insert_with(|| Arc::new(Shown::new(Some(root))))
+            .clone()
     }
 
     /// Checks every dynamically linked program and library among `paths`, walking directories
@@ -162,7 +177,7 @@ impl<'h> Loader<'h> {
     }
 
     fn load_main(&self, path: &Path) -> Result<Arc<Object>, String> {
-        let canonical = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+        let canonical = self.objects.canonical(path).map_err(|e| e.to_string())?;
         match self.objects.load(&canonical) {
             Probe::Found(object) => Ok(object),
             Probe::Missing => Err("cannot be read".into()),

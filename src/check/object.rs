@@ -147,7 +147,7 @@ impl Objects {
         if let Some(hit) = lock(&self.by_path).get(path.as_os_str()) {
             return hit.clone();
         }
-        let probe = match self.canonical(path, 0) {
+        let probe = match self.canonical(path) {
             Ok(canonical) => self.load(&canonical),
             // A path the loader cannot open (missing, not a directory, not permitted) is passed
             // over.
@@ -169,7 +169,11 @@ impl Objects {
 
     /// `path` with every symbolic link resolved, as `fs::canonicalize` gives it, resolving its
     /// directory once per directory.
-    fn canonical(&self, path: &Path, links_followed: u32) -> io::Result<PathBuf> {
+    pub fn canonical(&self, path: &Path) -> io::Result<PathBuf> {
+        self.canonical_following(path, 0)
+    }
+
+    fn canonical_following(&self, path: &Path, links_followed: u32) -> io::Result<PathBuf> {
         const MAX_LINKS: u32 = 40;
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return std::fs::canonicalize(path);
@@ -183,7 +187,7 @@ impl Objects {
             return Ok(joined);
         }
         let target = dir.join(std::fs::read_link(&joined)?);
-        self.canonical(&target, links_followed + 1)
+        self.canonical_following(&target, links_followed + 1)
     }
 
     fn canonical_dir(&self, dir: &Path) -> io::Result<PathBuf> {
