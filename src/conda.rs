@@ -365,8 +365,9 @@ fn strip_archive_extension(archive: &str) -> &str {
 pub type ChangedFile<'a> = (&'a str, &'a str, u64);
 
 /// Records the new hash and size of rewritten files in the `paths_data` of the records that list
-/// them, so `conda doctor` and friends do not report them as corrupted. Every other field, key
-/// order and indentation is kept; each record is replaced atomically. Returns how many records
+/// them, so `conda doctor` and friends do not report them as corrupted. Only the changed entries
+/// are written anew, in the record's indentation; every other byte is kept. Each record is
+/// replaced atomically. Returns how many records
 /// were rewritten.
 pub fn update_records(prefix: &Path, changed: &[ChangedFile]) -> Result<usize> {
     let rewritten = update_records_logged(prefix, changed, &mut |_, _| Ok(()), &mut || Ok(()))?;
@@ -424,10 +425,24 @@ pub fn update_records_logged(
     before_write: &mut dyn FnMut(&Path, Vec<RecordFields>) -> io::Result<()>,
     before_writes_done: &mut dyn FnMut() -> io::Result<()>,
 ) -> Result<usize> {
+    let staged = stage_record_updates(prefix, changed, before_write, before_writes_done)?;
+    let count = staged.len();
+    staged.into_iter().try_for_each(StagedRecord::replace)?;
+    Ok(count)
+}
+
+/// [`update_records_logged`] up to the replacement of the records: their new texts are written
+/// beside them, for the caller to flush and then [`StagedRecord::replace`] each.
+pub fn stage_record_updates(
+    prefix: &Path,
+    changed: &[ChangedFile],
+    before_write: &mut dyn FnMut(&Path, Vec<RecordFields>) -> io::Result<()>,
+    before_writes_done: &mut dyn FnMut() -> io::Result<()>,
+) -> Result<Vec<StagedRecord>> {
     use rayon::prelude::*;
     let meta = prefix.join("conda-meta");
     if changed.is_empty() || !meta.is_dir() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let by_path: HashMap<&str, (&str, u64)> = changed
         .iter()
@@ -460,10 +475,10 @@ pub fn update_records_logged(
             source,
         })?;
     }
-    for u in &updates {
-        write_atomically(&u.record, &u.text, false)?;
-    }
-    Ok(updates.len())
+    updates
+        .iter()
+        .map(|u| write_beside(&u.record, &u.text, false))
+        .collect()
 }
 
 /// A record's new text, with what its changed entries held before.
@@ -479,76 +494,141 @@ fn planned_update(
     changed: &HashMap<&str, (&str, u64)>,
     listing: &AhoCorasick,
 ) -> Result<Option<RecordUpdate>> {
-    let (text, mut json) = match read_record_listing(&record, listing)? {
-        Some(read) => read,
-        None => return Ok(None),
-    };
-    let Some(entries) = json
-        .pointer_mut("/paths_data/paths")
-        .and_then(Value::as_array_mut)
-    else {
+    let Some(text) = read_record_listing(&record, listing)? else {
         return Ok(None);
     };
     let mut before = Vec::new();
-    for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
-        let Some(path) = entry
-            .get("_path")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-        else {
-            continue;
+    let mut update = |entry: &mut Map<String, Value>| {
+        let Some(path) = entry.get("_path").and_then(Value::as_str) else {
+            return false;
         };
-        let Some(&(sha, size)) = changed.get(path.as_str()) else {
-            continue;
+        let Some(&(sha, size)) = changed.get(path) else {
+            return false;
         };
-        let old = RecordFields::of(&path, entry);
+        let old = RecordFields::of(path, entry);
         let mut modified = set_field(entry, FIELD_KEYS[0], Value::from(sha));
         modified |= set_field(entry, FIELD_KEYS[1], Value::from(size));
         if modified {
             before.push(old);
         }
-    }
-    Ok((!before.is_empty()).then(|| RecordUpdate {
-        text: render_like(&json, &text),
+        modified
+    };
+    let spliced = splice_entries(&record, &text, &|raw| listing.is_match(raw), &mut update)?;
+    Ok(spliced.map(|text| RecordUpdate {
+        text: text.into_bytes(),
         record,
         before,
     }))
 }
 
-/// The record parsed, when its text holds one of the changed paths `listing` finds (as JSON
+/// The text of the record, when it holds one of the changed paths `listing` finds (as JSON
 /// strings): most records of an environment list none of a run's files and are not parsed.
-fn read_record_listing(record: &Path, listing: &AhoCorasick) -> Result<Option<(String, Value)>> {
-    let text = fs::read_to_string(record).map_err(|source| CondaError::Read {
+fn read_record_listing(record: &Path, listing: &AhoCorasick) -> Result<Option<String>> {
+    let text = read_record_text(record)?;
+    Ok(listing.is_match(&text).then_some(text))
+}
+
+fn read_record_text(record: &Path) -> Result<String> {
+    fs::read_to_string(record).map_err(|source| CondaError::Read {
         path: record.to_path_buf(),
         source,
-    })?;
-    if !listing.is_match(&text) {
+    })
+}
+
+/// The entries of a record's `paths_data.paths`, as the slices of its text that hold them.
+#[derive(Deserialize)]
+struct RawPathsRecord<'a> {
+    #[serde(borrow)]
+    paths_data: Option<RawPaths<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawPaths<'a> {
+    #[serde(borrow, default)]
+    paths: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// `text` with the `paths_data` entries that `edit` changes written anew, in the record's own
+/// style, and every other byte as it was: a record can list thousands of files, a run changes a
+/// few. Only entries whose text `might_change` are parsed. `None` when nothing changed.
+fn splice_entries(
+    record: &Path,
+    text: &str,
+    might_change: &dyn Fn(&str) -> bool,
+    edit: &mut dyn FnMut(&mut Map<String, Value>) -> bool,
+) -> Result<Option<String>> {
+    let parse_error = |source| CondaError::Parse {
+        path: record.to_path_buf(),
+        source,
+    };
+    let parsed: RawPathsRecord = serde_json::from_str(text).map_err(parse_error)?;
+    let entries = parsed.paths_data.map(|p| p.paths).unwrap_or_default();
+    let indent = indentation_of(text);
+    let mut out = String::new();
+    let mut copied = 0;
+    for raw in entries
+        .iter()
+        .map(|r| r.get())
+        .filter(|raw| might_change(raw))
+    {
+        let Ok(mut entry) = serde_json::from_str::<Map<String, Value>>(raw) else {
+            continue;
+        };
+        if !edit(&mut entry) {
+            continue;
+        }
+        let start = raw.as_ptr() as usize - text.as_ptr() as usize;
+        out.push_str(&text[copied..start]);
+        out.push_str(&render_entry(&entry, indent, line_indentation(text, start)));
+        copied = start + raw.len();
+    }
+    if copied == 0 {
         return Ok(None);
     }
-    parse_record(record, text).map(Some)
+    out.push_str(&text[copied..]);
+    Ok(Some(out))
+}
+
+/// An entry as the pretty printer that wrote the record would: `indent` per level, each line
+/// after the first starting with `base`, the indentation of the line the entry starts on.
+fn render_entry(entry: &Map<String, Value>, indent: Option<&str>, base: &str) -> String {
+    let Some(indent) = indent else {
+        return serde_json::to_string(entry).expect("a JSON map serializes");
+    };
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    Serialize::serialize(entry, &mut serializer).expect("a JSON map serializes");
+    let pretty = String::from_utf8(out).expect("serde_json writes UTF-8");
+    pretty.replace('\n', &format!("\n{base}"))
+}
+
+/// The whitespace that starts the line `at` lies on, when only whitespace comes before `at`.
+fn line_indentation(text: &str, at: usize) -> &str {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let lead = &text[line_start..at];
+    if lead.chars().all(|c| c == ' ' || c == '\t') {
+        lead
+    } else {
+        ""
+    }
 }
 
 /// Puts `fields` back into the record at `record`: each key takes the value it had, or is
 /// removed when it was absent. Returns whether the record changed.
 pub fn restore_record_fields(record: &Path, fields: &[RecordFields]) -> Result<bool> {
-    let (text, mut json) = read_record(record)?;
-    let Some(entries) = json
-        .pointer_mut("/paths_data/paths")
-        .and_then(Value::as_array_mut)
-    else {
-        return Ok(false);
-    };
+    let text = read_record_text(record)?;
     let by_path: HashMap<&str, &RecordFields> =
         fields.iter().map(|f| (f.path.as_str(), f)).collect();
-    let mut modified = false;
-    for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+    let mut restore = |entry: &mut Map<String, Value>| {
         let Some(old) = entry
             .get("_path")
             .and_then(Value::as_str)
             .and_then(|p| by_path.get(p))
         else {
-            continue;
+            return false;
         };
+        let mut modified = false;
         for (key, value) in FIELD_KEYS
             .iter()
             .zip([&old.sha256_in_prefix, &old.size_in_bytes])
@@ -558,27 +638,12 @@ pub fn restore_record_fields(record: &Path, fields: &[RecordFields]) -> Result<b
                 None => entry.shift_remove(*key).is_some(),
             };
         }
+        modified
+    };
+    match splice_entries(record, &text, &|_| true, &mut restore)? {
+        Some(restored) => write_atomically(record, restored.as_bytes(), true).map(|()| true),
+        None => Ok(false),
     }
-    if modified {
-        write_atomically(record, &render_like(&json, &text), true)?;
-    }
-    Ok(modified)
-}
-
-fn read_record(record: &Path) -> Result<(String, Value)> {
-    let text = fs::read_to_string(record).map_err(|source| CondaError::Read {
-        path: record.to_path_buf(),
-        source,
-    })?;
-    parse_record(record, text)
-}
-
-fn parse_record(record: &Path, text: String) -> Result<(String, Value)> {
-    let json = serde_json::from_str(&text).map_err(|source| CondaError::Parse {
-        path: record.to_path_buf(),
-        source,
-    })?;
-    Ok((text, json))
 }
 
 /// Sets `key`, returning whether anything changed. A new key goes where sorted order puts it, as
@@ -595,26 +660,6 @@ fn set_field(entry: &mut Map<String, Value>, key: &str, value: Value) -> bool {
         .unwrap_or(entry.len());
     entry.shift_insert(at, key.to_string(), value);
     true
-}
-
-/// Serializes `json` in the style of `original`: its indentation unit (or compact, when it had
-/// no line breaks) and its trailing newline.
-fn render_like(json: &Value, original: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    match indentation_of(original) {
-        Some(indent) => {
-            let formatter = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
-            let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
-            serde::Serialize::serialize(json, &mut serializer)
-                .expect("serializing a JSON value into memory cannot fail");
-        }
-        None => serde_json::to_writer(&mut out, json)
-            .expect("serializing a JSON value into memory cannot fail"),
-    }
-    if original.ends_with('\n') {
-        out.push(b'\n');
-    }
-    out
 }
 
 /// The whitespace starting the first indented line; `None` for single-line JSON.
@@ -635,6 +680,45 @@ fn indentation_of(text: &str) -> Option<&str> {
 /// permissions, so a crash leaves either the old record or the new one; flushed first when
 /// `flush`, else the caller flushes the filesystem.
 fn write_atomically(path: &Path, contents: &[u8], flush: bool) -> Result<()> {
+    write_beside(path, contents, flush)?.replace()
+}
+
+/// A record's new text, written beside it under a temporary name (removed if it is dropped).
+pub struct StagedRecord {
+    record: PathBuf,
+    temp: tempfile::TempPath,
+}
+
+impl StagedRecord {
+    /// Renames the new text over the record. On ext4, renaming over a file whose replacement
+    /// is not on disk yet writes the replacement out there and then, milliseconds per record:
+    /// a caller replacing many flushes them all first.
+    pub fn replace(self) -> Result<()> {
+        let record = self.record;
+        self.temp.persist(&record).map_err(|e| CondaError::Write {
+            path: record,
+            source: e.error,
+        })
+    }
+
+    /// [`Self::replace`], keeping the old record linked under a temporary name beside it, which
+    /// is returned for the caller to remove. Freeing a large file's blocks can take milliseconds
+    /// (ext4 mounted with `discard` trims them there and then): the caller can spend them later,
+    /// beside other work. A run killed before the removal leaves the name for the next to sweep.
+    pub fn replace_keeping_old(self) -> Result<PathBuf> {
+        let old = self.temp.with_extension("old");
+        fs::hard_link(&self.record, &old).map_err(|source| CondaError::Write {
+            path: self.record.clone(),
+            source,
+        })?;
+        self.replace()
+            .inspect_err(|_| drop(fs::remove_file(&old)))
+            .map(|()| old)
+    }
+}
+
+/// Writes `contents` beside `path`, with its permissions; flushed when `flush`.
+fn write_beside(path: &Path, contents: &[u8], flush: bool) -> Result<StagedRecord> {
     let write_error = |source| CondaError::Write {
         path: path.to_path_buf(),
         source,
@@ -653,8 +737,10 @@ fn write_atomically(path: &Path, contents: &[u8], flush: bool) -> Result<()> {
     if flush {
         temp.as_file().sync_all().map_err(write_error)?;
     }
-    temp.persist(path).map_err(|e| write_error(e.error))?;
-    Ok(())
+    Ok(StagedRecord {
+        record: path.to_path_buf(),
+        temp: temp.into_temp_path(),
+    })
 }
 
 #[cfg(test)]
@@ -897,9 +983,9 @@ mod tests {
         assert_eq!(update_records(prefix, &changed).unwrap(), 1);
 
         let text = fs::read_to_string(&record).unwrap();
-        let expected = original
-            .replace("\"aaa_after\": {\"x\": 1}", "\"aaa_after\": {\n    \"x\": 1\n  }")
-            .replace(
+        // Only the changed entry is written anew: the rest keeps even a style the pretty
+        // printer would not produce.
+        let expected = original.replace(
                 "\"sha256\": \"aa\",\n        \"size_in_bytes\": 10",
                 "\"sha256\": \"aa\",\n        \"sha256_in_prefix\": \"ff\",\n        \"size_in_bytes\": 12",
             );
@@ -974,8 +1060,21 @@ mod tests {
 
     #[test]
     fn compact_records_stay_compact() {
-        let json: Value = serde_json::from_str(r#"{"a":[1,2]}"#).unwrap();
-        assert_eq!(render_like(&json, r#"{"a":[1,2]}"#), br#"{"a":[1,2]}"#);
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("conda-meta/a-1-0.json");
+        let original = r#"{"name":"a","paths_data":{"paths":[{"_path":"lib/a.so","size_in_bytes":1},{"_path":"lib/b.so"}]}}"#;
+        write(&record, original);
+        update_records_logged(
+            dir.path(),
+            &[("lib/a.so", "ff", 2)],
+            &mut |_, _| Ok(()),
+            &mut || Ok(()),
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(&record).unwrap(),
+            r#"{"name":"a","paths_data":{"paths":[{"_path":"lib/a.so","sha256_in_prefix":"ff","size_in_bytes":2},{"_path":"lib/b.so"}]}}"#
+        );
         assert_eq!(indentation_of("{\n\t\"a\": 1\n}"), Some("\t"));
         assert_eq!(indentation_of("{\n    \"a\": 1\n}\n"), Some("    "));
     }

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::apply::{self, Patched};
 use crate::check::{DirHints, Loader, LoaderConfig, Problem};
+use crate::conda::StagedRecord;
 use crate::elf::{self, Edits, RunPathEdit};
 use crate::journal::{self, Entry, JournalError, Journals, Name, RecordsEntry};
 use crate::plan::{self, Action, DirFacts, FileInfo, FilePlan, NameInPrefix, Settings};
@@ -125,15 +126,19 @@ pub fn fix_scanned(
             apply::sync_filesystems(roots_as_dirs(roots).as_slice())
         })?;
     }
+    let mut old_records = Vec::new();
     if options.update_records && !options.dry_run {
-        timed("conda records", || {
+        old_records = timed("conda records", || {
             update_conda_records(&files, &recovered, &journals)
         })?;
     }
     timed("journal", || journals.finish())?;
+    // The replaced records are freed while the files are checked.
+    let removal = std::thread::spawn(move || old_records.iter().for_each(remove_quietly));
     if options.verify && !options.dry_run {
         timed("verify", || verify(&mut files, &options.settings));
     }
+    timed("old records removed", || removal.join()).expect("removing files does not panic");
     let mut summary = summarize(&files);
     summary.scanned_entries = scanned.entries;
     summary.errors += scanned.errors.len();
@@ -583,11 +588,13 @@ fn conda_prefix_of(name: &Path) -> Option<&Path> {
         .find(|dir| dir.join("conda-meta").is_dir())
 }
 
+/// Gives the conda records of the patched and recovered files their new hashes and sizes;
+/// returns the temporary names the replaced records are left under, to be removed.
 fn update_conda_records(
     results: &[FileResult],
     recovered: &[(PathBuf, PathBuf)],
     journals: &Journals,
-) -> Result<(), FixError> {
+) -> Result<Vec<PathBuf>, FixError> {
     let mut by_prefix: BTreeMap<&Path, Vec<NewRecordValues>> = BTreeMap::new();
     let conda = recovered
         .iter()
@@ -619,26 +626,48 @@ fn update_conda_records(
         }
     }
     let by_prefix: Vec<(&Path, Vec<NewRecordValues>)> = by_prefix.into_iter().collect();
-    by_prefix
+    let staged: Vec<Vec<StagedRecord>> = by_prefix
         .par_iter()
-        .try_for_each(|(prefix, files)| update_prefix_records(prefix, files, journals))?;
+        .map(|(prefix, files)| stage_prefix_records(prefix, files, journals))
+        .collect::<Result<_, _>>()?;
     let prefixes: Vec<PathBuf> = by_prefix
         .iter()
         .map(|(p, _)| p.join("conda-meta"))
         .collect();
+    // The new texts reach the disk together, before any replaces its record.
     apply::sync_filesystems(&prefixes)?;
-    Ok(())
+    let mut old_records = Vec::new();
+    for (records, (prefix, _)) in staged.into_iter().zip(&by_prefix) {
+        for record in records {
+            let old = record
+                .replace_keeping_old()
+                .map_err(|e| FixError::Records(prefix.to_path_buf(), e))?;
+            old_records.push(old);
+        }
+    }
+    apply::sync_filesystems(&prefixes)?;
+    Ok(old_records)
+}
+
+fn remove_quietly(path: &PathBuf) {
+    if let Err(e) = fs::remove_file(path) {
+        tracing::warn!(
+            "cannot remove {}: {e}; the next run removes it",
+            path.display()
+        );
+    }
 }
 
 /// A file's path relative to its environment, new SHA-256 and new size.
 type NewRecordValues = (String, String, u64);
 
-/// Updates the records of one environment, the old values journaled first.
-fn update_prefix_records(
+/// Writes the new records of one environment beside the old ones, the old values journaled
+/// first.
+fn stage_prefix_records(
     prefix: &Path,
     files: &[NewRecordValues],
     journals: &Journals,
-) -> Result<(), FixError> {
+) -> Result<Vec<StagedRecord>, FixError> {
     let refs: Vec<crate::conda::ChangedFile> = files
         .iter()
         .map(|(p, s, l)| (p.as_str(), s.as_str(), *l))
@@ -652,9 +681,8 @@ fn update_prefix_records(
         journal.append_unsynced(&entry).map(drop)
     };
     let mut journaled = || journal.sync();
-    crate::conda::update_records_logged(prefix, &refs, &mut keep_old, &mut journaled)
-        .map_err(|e| FixError::Records(prefix.to_path_buf(), e))?;
-    Ok(())
+    crate::conda::stage_record_updates(prefix, &refs, &mut keep_old, &mut journaled)
+        .map_err(|e| FixError::Records(prefix.to_path_buf(), e))
 }
 
 /// The SHA-256 and length of a file as it is now.

@@ -222,11 +222,14 @@ fn assert_hard_links_kept(prefix: &Path, pkgs: &Path) {
     );
 }
 
-/// `sha256_in_prefix` and `size_in_bytes` of every patched file match its content.
+/// `sha256_in_prefix` and `size_in_bytes` of every patched file match its content, and no
+/// temporary file or replaced record is left beside the records.
 fn assert_records_match(prefix: &Path) {
     let mut checked = 0;
     for record in fs::read_dir(prefix.join("conda-meta")).unwrap() {
         let record = record.unwrap().path();
+        let name = record.file_name().unwrap().to_string_lossy();
+        assert!(!name.starts_with(".autopatch-"), "left behind: {name}");
         if record.extension().is_none_or(|e| e != "json") {
             continue;
         }
