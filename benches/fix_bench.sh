@@ -119,10 +119,10 @@ if [ -w /proc/sys/vm/drop_caches ]; then
     measure W3 "store index, cold build, page cache dropped" "${w3fix[@]}"
 fi
 
-# Where the time goes: phase times from the log's timestamps, and a CPU profile.
+# Where the time goes: the phase times fix logs at debug level, and a CPU profile.
 reset_w1
 start=$(date +%s.%N)
-AUTOPATCH_LOG=debug "${fix[@]}" "$root" >/dev/null 2>"$bench/W1.debug.log"
+AUTOPATCH_LOG=autopatch::fix=debug,autopatch::store=debug "${fix[@]}" "$root" >/dev/null 2>"$bench/W1.debug.log"
 end=$(date +%s.%N)
 python3 "$helpers/report.py" phases "$bench/W1.debug.log" "$start" "$end" | tee -a "$log" >&2
 if [ "$profile" = 1 ] && command -v perf >/dev/null; then
