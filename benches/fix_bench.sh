@@ -121,6 +121,7 @@ fi
 
 # Where the time goes: the phase times fix logs at debug level, and a CPU profile.
 reset_w1
+sync
 start=$(date +%s.%N)
 AUTOPATCH_LOG=autopatch::fix=debug,autopatch::store=debug "${fix[@]}" "$root" >/dev/null 2>"$bench/W1.debug.log"
 end=$(date +%s.%N)

@@ -1,19 +1,28 @@
 //! Opening a file for reading its ELF headers: only regular files, never blocking on FIFOs or
-//! devices, mapped rather than read.
+//! devices; large files are mapped rather than read.
 
 use std::fs::{File, Metadata, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use memmap2::Mmap;
 
-/// A regular file opened and mapped read-only.
+/// A regular file opened, its content mapped read-only or, when small, read.
 pub struct MappedFile {
     pub file: File,
     pub meta: Metadata,
-    map: Option<Mmap>,
+    content: Content,
 }
+
+enum Content {
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+/// Files up to this size are read rather than mapped: mapping and unmapping a file costs more
+/// than copying a few pages, and unmapping interrupts every other thread of the process.
+const READ_LIMIT: u64 = 64 * 1024;
 
 impl MappedFile {
     /// Opens `path`, refusing anything but a regular file (a symlink is not followed).
@@ -29,17 +38,26 @@ impl MappedFile {
                 "not a regular file",
             ));
         }
-        // SAFETY: the map is read-only; a concurrent truncation by another process is the one
-        // hazard, as with every reader of a shared file.
-        let map = if meta.len() == 0 {
-            None
+        let content = if meta.len() <= READ_LIMIT {
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            (&file).take(READ_LIMIT).read_to_end(&mut bytes)?;
+            Content::Read(bytes)
         } else {
-            Some(unsafe { Mmap::map(&file)? })
+            // SAFETY: the map is read-only; a concurrent truncation by another process is the
+            // one hazard, as with every reader of a shared file.
+            Content::Mapped(unsafe { Mmap::map(&file)? })
         };
-        Ok(MappedFile { file, meta, map })
+        Ok(MappedFile {
+            file,
+            meta,
+            content,
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.content {
+            Content::Mapped(map) => map,
+            Content::Read(bytes) => bytes,
+        }
     }
 }
