@@ -204,3 +204,46 @@ fn fix_and_watch_on_one_prefix_take_turns() {
     assert!(out.status.success(), "{}", text(&out));
     snapshot(&s.tree).assert_same(&s.pristine, "after undo");
 }
+
+/// While another process holds a write lease on a file (as a run growing it in place does), a
+/// reader's non-blocking open is refused; it waits for the lease instead of calling the file
+/// unreadable.
+#[test]
+fn a_file_under_a_write_lease_is_read_once_the_lease_is_released() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("prog");
+    std::fs::copy(std::env::current_exe().unwrap(), &file).unwrap();
+    let holder = r#"
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("held", flush=True)
+time.sleep(0.5)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+os.close(fd)
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", holder])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut held = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut held)
+        .unwrap();
+    assert_eq!(held.trim(), "held");
+
+    let asked = Instant::now();
+    let opened = autopatch::scan::open_nonblocking(&file, false);
+    assert!(opened.is_ok(), "{opened:?}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(200),
+        "opened while the lease was held"
+    );
+    let scanned = autopatch::scan::scan(&[work.path().to_path_buf()]);
+    assert!(scanned.errors.is_empty(), "{:?}", scanned.errors);
+    assert_eq!(scanned.elf_inodes.len(), 1);
+    assert!(child.wait().unwrap().success());
+}

@@ -346,12 +346,8 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
 /// a FIFO named on the command line.
 fn starts_like_elf(path: &Path) -> bool {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut magic = [0u8; 4];
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
+    crate::scan::open_nonblocking(path, true)
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok_and(|()| &magic == b"\x7fELF")
 }

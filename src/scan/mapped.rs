@@ -5,6 +5,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use memmap2::Mmap;
 
@@ -24,13 +25,38 @@ enum Content {
 /// than copying a few pages, and unmapping interrupts every other thread of the process.
 const READ_LIMIT: u64 = 64 * 1024;
 
+/// How long an open waits for another process to release its write lease on a file.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens `path` for reading without blocking on a FIFO or a device, following a symlink in its
+/// last component only when `follow`. While another process holds a write lease on the file
+/// (autopatch growing it in place), such an open fails with `EWOULDBLOCK` and asks the holder to
+/// release it: it is tried again for up to [`LEASE_WAIT`].
+pub fn open_nonblocking(path: &Path, follow: bool) -> io::Result<File> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(nofollow | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+    };
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match open() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && start.elapsed() < LEASE_WAIT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 impl MappedFile {
     /// Opens `path`, refusing anything but a regular file (a symlink is not followed).
     pub fn open(path: &Path) -> io::Result<MappedFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)?;
+        let file = open_nonblocking(path, false)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use walkdir::WalkDir;
 
 use crate::elf::Elf;
-pub use mapped::MappedFile;
+pub use mapped::{MappedFile, open_nonblocking};
 
 /// A file's identity on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -280,11 +280,7 @@ pub fn is_own_temp_file(path: &Path) -> bool {
 /// reason when it cannot be read.
 fn read_magic(path: &Path) -> Result<(bool, fs::File), String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
+    let mut file = open_nonblocking(path, false)
         .map_err(|e| format!("cannot open: {e}; {}", crate::apply::advice(&e)))?;
     let mut magic = [0u8; 4];
     match file.read_exact(&mut magic) {

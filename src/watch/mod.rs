@@ -13,7 +13,6 @@ mod poll;
 mod tree;
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
@@ -543,10 +542,7 @@ fn report_unwatched(added: &Added, report: &mut dyn FnMut(Report)) {
 /// Reads four bytes, never blocking on a FIFO nor following a link.
 fn starts_with_elf_magic(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
+    scan::open_nonblocking(path, false)
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok_and(|()| &magic == b"\x7fELF")
 }
