@@ -150,7 +150,7 @@ fn resolve(c: &mut Criterion, fx: &Fixture) {
     let index = StoreIndex::open(&fx.store, &fx.dir.join("cache")).unwrap();
     let preferences = Preferences::default();
     let ignore = GlobSet::empty();
-    let depends = |_: &str| Vec::new();
+    let depends = |_: &Path, _: &str| Vec::new();
     let resolver = Resolver {
         store: Some(&index),
         preferences: &preferences,

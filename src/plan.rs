@@ -307,11 +307,10 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
         .flat_map(|i| i.needed.iter().map(OsStr::new))
         .collect();
     let libs = prefix_libraries(scan, &by_inode, &needed, &prefixes, facts);
-    let depends = |owner: &str| -> Vec<String> {
+    let depends = |prefix: &Path, owner: &str| -> Vec<String> {
         prefixes
-            .values()
-            .filter_map(|p| p.conda.as_ref())
-            .find(|c| c.package(owner).is_some())
+            .get(prefix)
+            .and_then(|p| p.conda.as_ref())
             .map(|c| c.transitive_depends(owner).into_iter().collect())
             .unwrap_or_default()
     };

@@ -281,8 +281,9 @@ pub struct Resolver<'a> {
     pub store: Option<&'a StoreIndex>,
     pub preferences: &'a Preferences,
     pub ignore_missing: &'a GlobSet,
-    /// For a package, the packages it depends on, transitively (conda prefixes only).
-    pub depends: &'a (dyn Fn(&str) -> Vec<String> + Sync),
+    /// For a package of a prefix, the packages it depends on there, transitively (conda
+    /// prefixes only).
+    pub depends: &'a (dyn Fn(&Path, &str) -> Vec<String> + Sync),
     pub defined_versions: DefinedVersions,
 }
 
@@ -477,7 +478,7 @@ impl Resolver<'_> {
                 format!("first of {} copies in the prefix", candidates.len()),
             ));
         };
-        let depends = (self.depends)(owner);
+        let depends = (self.depends)(&libs.root, owner);
         let by_dependency = candidates.iter().find(|c| {
             c.owner
                 .as_deref()
@@ -619,6 +620,43 @@ mod tests {
         );
         assert_eq!(placed(&["/b", "/s"], "/b", Some("/s")), ["/b", "/s"]);
         assert_eq!(placed(&["/s"], "/s", Some("/s")), ["/s"]);
+    }
+
+    #[test]
+    fn among_copies_the_one_of_a_dependency_in_the_files_own_prefix_wins() {
+        let copy = |dir: &str, owner: &str| PrefixLib {
+            dir: PathBuf::from(dir),
+            machine: 62,
+            class: Class::Elf64,
+            owner: Some(owner.to_string()),
+        };
+        let mut libs = PrefixLibs::new(PathBuf::from("/envs/b"));
+        libs.add("libz.so.1".into(), copy("/envs/b/lib", "zlib-a"));
+        libs.add("libz.so.1".into(), copy("/envs/b/opt/lib", "zlib-b"));
+        // The same package depends on another zlib in another environment.
+        let depends = |prefix: &Path, owner: &str| match (prefix.to_str(), owner) {
+            (Some("/envs/b"), "app") => vec!["zlib-b".to_string()],
+            _ => vec!["zlib-a".to_string()],
+        };
+        let (preferences, ignore) = (Preferences::default(), GlobSet::empty());
+        let resolver = Resolver {
+            store: None,
+            preferences: &preferences,
+            ignore_missing: &ignore,
+            depends: &depends,
+            defined_versions: DefinedVersions::default(),
+        };
+        let file = FileToResolve {
+            path: Path::new("/envs/b/bin/app"),
+            machine: 62,
+            class: Class::Elf64,
+            needed: &["libz.so.1".to_string()],
+            run_path: None,
+            owner: Some("app"),
+            version_needs: &[],
+        };
+        let resolution = resolver.resolve(&file, &libs);
+        assert_eq!(resolution.run_path.as_deref(), Some("$ORIGIN/../opt/lib"));
     }
 
     fn outside(entry: &str) -> Needed {
