@@ -13,9 +13,20 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Runs `cmd`, panicking only when it cannot be started.
+/// Runs `cmd`, panicking only when it cannot be started. A program just written may be busy
+/// for a moment: a process another test thread forks meanwhile holds the writer's descriptor
+/// until it execs, and the kernel refuses to run a file open for writing (`ETXTBSY`).
 pub fn output(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawning a tool")
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            done => return done.expect("spawning a tool"),
+        }
+    }
 }
 
 /// Compiles `source` with `compiler` into `dir/name`.
