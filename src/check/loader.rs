@@ -168,7 +168,8 @@ impl<'h> Loader<'h> {
     }
 
     fn check_if_dynamic(&self, path: &Path, shown: &Shown) -> Option<FileReport> {
-        if !starts_like_elf(path) {
+        // Four bytes first: the many data files of a prefix are passed over cheaply.
+        if !crate::scan::starts_with_elf_magic(path, true) {
             return None;
         }
         let main = self.load_main(path).ok()?;
@@ -340,14 +341,4 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
         .filter(|e| e.file_type().is_file())
         .map(walkdir::DirEntry::into_path)
         .collect()
-}
-
-/// Reads four bytes, so the many data files of a prefix are passed over cheaply. Never blocks on
-/// a FIFO named on the command line.
-fn starts_like_elf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    crate::scan::open_nonblocking(path, true)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok_and(|()| &magic == b"\x7fELF")
 }

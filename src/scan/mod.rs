@@ -140,7 +140,7 @@ fn examine_group(names: &[(PathBuf, InodeId)]) -> Vec<(PathBuf, Examined)> {
             .map(|(path, _)| (path.clone(), Examined::Failed(reason.clone())))
             .collect()
     };
-    let (is_elf, file) = match read_magic(first) {
+    let (is_elf, file) = match read_magic(first, false) {
         Ok((false, _)) if names.len() == 1 => return Vec::new(),
         Ok(opened) => opened,
         Err(reason) => return failed_all(reason),
@@ -169,7 +169,7 @@ fn examine_group(names: &[(PathBuf, InodeId)]) -> Vec<(PathBuf, Examined)> {
 
 /// What the file at `path` is, read on its own.
 fn examine(path: &Path) -> Examined {
-    match read_magic(path) {
+    match read_magic(path, false) {
         Ok((true, file)) => match stat_of(&file) {
             Ok(stat) => Examined::Elf(stat),
             Err(reason) => Examined::Failed(reason),
@@ -276,11 +276,18 @@ pub fn is_own_temp_file(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with(".autopatch-"))
 }
 
+/// Whether the file at `path` starts with the ELF magic: four bytes read, never blocking on a
+/// FIFO, following a symlink in the last component only when `follow`. A file that cannot be
+/// read does not.
+pub fn starts_with_elf_magic(path: &Path, follow: bool) -> bool {
+    read_magic(path, follow).is_ok_and(|(elf, _)| elf)
+}
+
 /// Whether the file at `path` starts with the ELF magic, and the file, open; `Err` with the
 /// reason when it cannot be read.
-fn read_magic(path: &Path) -> Result<(bool, fs::File), String> {
+fn read_magic(path: &Path, follow: bool) -> Result<(bool, fs::File), String> {
     use std::io::Read;
-    let mut file = open_nonblocking(path, false)
+    let mut file = open_nonblocking(path, follow)
         .map_err(|e| format!("cannot open: {e}; {}", crate::apply::advice(&e)))?;
     let mut magic = [0u8; 4];
     match file.read_exact(&mut magic) {

@@ -12,7 +12,6 @@ mod pending;
 mod poll;
 mod tree;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
@@ -410,7 +409,7 @@ impl<'a> Watch<'a> {
         let is_link = path
             .symlink_metadata()
             .is_ok_and(|m| m.file_type().is_symlink());
-        if is_link || starts_with_elf_magic(path) {
+        if is_link || scan::starts_with_elf_magic(path, false) {
             self.trigger(path, now);
         } else {
             self.activity(path, now);
@@ -537,12 +536,4 @@ fn report_unwatched(added: &Added, report: &mut dyn FnMut(Report)) {
     for (dir, why) in &added.errors {
         report(Report::Unwatched { dir, why });
     }
-}
-
-/// Reads four bytes, never blocking on a FIFO nor following a link.
-fn starts_with_elf_magic(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    scan::open_nonblocking(path, false)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok_and(|()| &magic == b"\x7fELF")
 }
