@@ -291,6 +291,20 @@ fn overlapping_segments() {
     assert_damaged_refused("overlap", bytes);
 }
 
+/// Growth rewrites section headers; an interpreter lying among them would be overwritten (found
+/// by fuzzing: fuzz/regressions/read_edit/).
+#[test]
+fn interpreter_inside_the_section_headers() {
+    let mut bytes = hello();
+    let (interp, _) = program_headers(&bytes)
+        .into_iter()
+        .find(|&(_, t)| t == 3)
+        .unwrap();
+    let shoff = u64_at(&bytes, 0x28);
+    put_u64(&mut bytes, interp + 8, shoff + 0x30);
+    assert_damaged_refused("interp-in-section-headers", bytes);
+}
+
 #[test]
 fn dynamic_section_outside_every_segment() {
     let mut bytes = hello();

@@ -152,7 +152,7 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
     }
     if structures_overlap(elf) {
         return Err(ElfError::malformed(
-            "the headers, interpreter, dynamic section or string table overlap",
+            "the headers, interpreter, dynamic section, string table or section headers overlap",
         ));
     }
     if edits.interpreter.is_some() && elf.interp_segment().is_none() {
@@ -196,6 +196,15 @@ fn structures_overlap(elf: &Elf) -> bool {
             .as_ref()
             .map(|t| (t.offset, t.bytes.len() as u64)),
     );
+    // Growth rewrites the placement of moved sections in their headers.
+    let shdr = match elf.class {
+        Class::Elf32 => 40,
+        Class::Elf64 => 64,
+    };
+    ranges.extend(elf.sections.last().map(|last| {
+        let end = last.header_offset.saturating_add(shdr);
+        (elf.shoff, end.saturating_sub(elf.shoff))
+    }));
     ranges.retain(|r| r.1 > 0);
     let meet = |a: (u64, u64), b: (u64, u64)| {
         a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
