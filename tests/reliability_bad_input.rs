@@ -305,6 +305,37 @@ fn interpreter_inside_the_section_headers() {
     assert_damaged_refused("interp-in-section-headers", bytes);
 }
 
+/// The version needs are read through the dynamic section, which an edit rewrites: needs lying
+/// inside it would change with it (found by fuzzing: fuzz/regressions/read_edit/).
+#[test]
+fn version_needs_inside_the_dynamic_section() {
+    const DT_VERNEED: u64 = 0x6fff_fffe;
+    const DT_VERNEEDNUM: u64 = 0x6fff_ffff;
+    let mut bytes = hello();
+    let (dynamic, _) = program_headers(&bytes)
+        .into_iter()
+        .find(|&(_, t)| t == 2)
+        .unwrap();
+    let dynamic_vaddr = u64_at(&bytes, dynamic + 16);
+    let mut at = u64_at(&bytes, dynamic + 8) as usize;
+    let mut found = 0;
+    // Its first entry, read as a version need: one need with no versions, named "".
+    while u64_at(&bytes, at) != 0 {
+        match u64_at(&bytes, at) {
+            DT_VERNEED => put_u64(&mut bytes, at + 8, dynamic_vaddr),
+            DT_VERNEEDNUM => put_u64(&mut bytes, at + 8, 1),
+            _ => {
+                at += 16;
+                continue;
+            }
+        }
+        found += 1;
+        at += 16;
+    }
+    assert_eq!(found, 2, "hello has version needs");
+    assert_damaged_refused("verneed-in-dynamic", bytes);
+}
+
 #[test]
 fn dynamic_section_outside_every_segment() {
     let mut bytes = hello();

@@ -152,7 +152,16 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
     }
     if structures_overlap(elf) {
         return Err(ElfError::malformed(
-            "the headers, interpreter, dynamic section, string table or section headers overlap",
+            "the headers, interpreter, dynamic section, string table, symbol versions or section headers overlap",
+        ));
+    }
+    if region::find(elf).is_some_and(|r| {
+        elf.version_table_spans()
+            .into_iter()
+            .any(|span| r.rebuilt_part_meets(span))
+    }) {
+        return Err(ElfError::malformed(
+            "the symbol versions lie in the part of the growth region an edit rebuilds",
         ));
     }
     if edits.interpreter.is_some() && elf.interp_segment().is_none() {
@@ -196,6 +205,8 @@ fn structures_overlap(elf: &Elf) -> bool {
             .as_ref()
             .map(|t| (t.offset, t.bytes.len() as u64)),
     );
+    // The editor reads the names they hold and renames `vn_file`.
+    ranges.extend(elf.version_table_spans());
     // Growth rewrites the placement of moved sections in their headers.
     let shdr = match elf.class {
         Class::Elf32 => 40,
@@ -206,13 +217,15 @@ fn structures_overlap(elf: &Elf) -> bool {
         (elf.shoff, end.saturating_sub(elf.shoff))
     }));
     ranges.retain(|r| r.1 > 0);
-    let meet = |a: (u64, u64), b: (u64, u64)| {
-        a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
-    };
     ranges
         .iter()
         .enumerate()
-        .any(|(i, &a)| ranges[i + 1..].iter().any(|&b| meet(a, b)))
+        .any(|(i, &a)| ranges[i + 1..].iter().any(|&b| spans_meet(a, b)))
+}
+
+/// Whether two (offset, length) spans share a byte.
+pub(crate) fn spans_meet(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
 }
 
 /// The dynamic entries as the edit wants them, strings not yet placed.

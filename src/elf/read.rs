@@ -362,6 +362,55 @@ impl<'a> Elf<'a> {
         Some(needs)
     }
 
+    /// The byte ranges of the version needs and of the version definitions, each table as one
+    /// span from its first byte to its last: the editor reads the names they hold, so it must not
+    /// write over them. Tables that cannot be read give none.
+    pub(crate) fn version_table_spans(&self) -> Vec<(u64, u64)> {
+        [
+            (DT_VERNEED, DT_VERNEEDNUM, &NEED_LAYOUT),
+            (DT_VERDEF, DT_VERDEFNUM, &DEF_LAYOUT),
+        ]
+        .into_iter()
+        .filter_map(|(table, count, layout)| {
+            self.version_table_span(self.dyn_value(table)?, self.dyn_value(count)?, layout)
+        })
+        .collect()
+    }
+
+    fn version_table_span(
+        &self,
+        vaddr: u64,
+        count: u64,
+        layout: &VersionLayout,
+    ) -> Option<(u64, u64)> {
+        let c = self.codec();
+        let mut at = self.vaddr_to_offset(vaddr)?;
+        let (mut low, mut high) = (u64::MAX, 0);
+        let mut cover = |start: u64, len: u64| {
+            low = low.min(start);
+            high = high.max(start + len);
+        };
+        for _ in 0..count.min(4096) {
+            let record = slice(self.data, at, layout.record)?;
+            cover(at, layout.record);
+            let mut aux_at = at.checked_add(u64::from(c.read_u32(&record[layout.aux_at..])))?;
+            // A definition's first auxiliary entry (its name) is read whatever its count says.
+            for _ in 0..c.read_u16(&record[layout.aux_count_at..]).clamp(1, 4096) {
+                let aux = slice(self.data, aux_at, layout.aux)?;
+                cover(aux_at, layout.aux);
+                match c.read_u32(&aux[layout.aux_next_at..]) {
+                    0 => break,
+                    next => aux_at = aux_at.checked_add(u64::from(next))?,
+                }
+            }
+            match c.read_u32(&record[layout.next_at..]) {
+                0 => break,
+                next => at = at.checked_add(u64::from(next))?,
+            }
+        }
+        (high > low).then_some((low, high - low))
+    }
+
     /// Offsets into the dynamic string table that something in the file refers to.
     pub(crate) fn string_references(&self) -> Vec<u64> {
         let dynamic = self
@@ -408,6 +457,35 @@ impl<'a> Elf<'a> {
         Some(defs)
     }
 }
+
+/// Where the fields of a version table's records and auxiliary entries lie (`Elf64_Verneed`
+/// and `Elf64_Vernaux`, `Elf64_Verdef` and `Elf64_Verdaux`; the same in 32-bit files).
+struct VersionLayout {
+    record: u64,
+    aux_count_at: usize,
+    aux_at: usize,
+    next_at: usize,
+    aux: u64,
+    aux_next_at: usize,
+}
+
+const NEED_LAYOUT: VersionLayout = VersionLayout {
+    record: 16,
+    aux_count_at: 2,
+    aux_at: 8,
+    next_at: 12,
+    aux: 16,
+    aux_next_at: 12,
+};
+
+const DEF_LAYOUT: VersionLayout = VersionLayout {
+    record: 20,
+    aux_count_at: 6,
+    aux_at: 12,
+    next_at: 16,
+    aux: 8,
+    aux_next_at: 4,
+};
 
 pub(crate) fn slice(data: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
     let start = usize::try_from(offset).ok()?;

@@ -12,7 +12,7 @@
 //! to grow. Code and data never move.
 
 use super::codec::Codec;
-use super::edit::{dynamic_in_place, interp_in_place, overwrites_in_place, set_strtab};
+use super::edit::{dynamic_in_place, interp_in_place, overwrites_in_place, set_strtab, spans_meet};
 use super::error::ElfError;
 use super::read::{
     Class, DynEntry, Elf, PF_R, PF_W, PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_PHDR, Segment, slice,
@@ -59,6 +59,15 @@ pub(crate) struct GrowthRegion {
 impl GrowthRegion {
     fn contains(&self, offset: u64) -> bool {
         (self.offset..self.end).contains(&offset)
+    }
+
+    /// Whether `span` (offset, length) shares a byte with what an edit rewrites here: all but the
+    /// program header table and the moved blocks.
+    pub fn rebuilt_part_meets(&self, span: (u64, u64)) -> bool {
+        let marker = self.blocks.0 - MARKER_LEN;
+        let after_blocks = self.blocks.0 + self.blocks.1;
+        spans_meet(span, (marker, MARKER_LEN))
+            || spans_meet(span, (after_blocks, self.end.saturating_sub(after_blocks)))
     }
 
     /// The part of the current string table that predates any growth, when the table lies in
