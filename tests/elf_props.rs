@@ -212,7 +212,7 @@ fn check_sequence(
         String::from_utf8_lossy(&listed.stderr)
     );
     if let Some(args) = run {
-        let ran = Command::new(&file).args(args).output().unwrap();
+        let ran = common::elf::output(Command::new(&file).args(args));
         prop_assert!(
             ran.status.success(),
             "running: {}",
