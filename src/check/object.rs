@@ -1,13 +1,13 @@
 //! Objects as the loader sees them, read once per file and shared by every check: a prefix has
 //! thousands of files loading the same few libraries.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::search::{Tokens, search_dirs};
+use super::{FastMap, lock};
 
 use crate::elf::{Class, Elf, ElfError, RunPathKind};
 use crate::scan::MappedFile;
@@ -36,18 +36,26 @@ pub(crate) struct Object {
     pub runpath: Option<Vec<u8>>,
     /// Library name and the versions of it this object needs.
     pub version_needs: Vec<(String, Vec<String>)>,
-    /// Every version this object defines, the base one (its own name) included.
+    /// Every version this object defines, the base one (its own name) included; sorted, as every
+    /// check of every program looks versions up in the few libraries that define many.
     pub version_defs: Vec<String>,
     pub is_loadable: bool,
     pub is_static: bool,
     pub is_separate_debug: bool,
     /// Its run path as directories, when it has no tokens to expand.
     plain_dirs: OnceLock<Arc<[PathBuf]>>,
+    /// Its run path as directories with only `$ORIGIN` to expand, by origin: a library is
+    /// loaded from the same directory by every program of its prefix.
+    origin_dirs: RwLock<FastMap<OsString, Arc<[PathBuf]>>>,
 }
 
 impl Object {
     fn from_elf(elf: &Elf, canonical: PathBuf) -> Object {
         let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let mut version_defs: Vec<String> =
+            elf.version_defs().into_iter().map(|d| d.name).collect();
+        version_defs.sort_unstable();
+        version_defs.dedup();
         Object {
             canonical,
             class: elf.class,
@@ -69,11 +77,12 @@ impl Object {
                 .into_iter()
                 .map(|n| (n.file, n.versions))
                 .collect(),
-            version_defs: elf.version_defs().into_iter().map(|d| d.name).collect(),
+            version_defs,
             is_loadable: elf.is_loadable(),
             is_static: elf.is_static(),
             is_separate_debug: elf.is_separate_debug(),
             plain_dirs: OnceLock::new(),
+            origin_dirs: RwLock::default(),
         }
     }
 
@@ -100,6 +109,28 @@ impl Object {
             .clone()
     }
 
+    /// `raw`, its serving run path, as directories with `tokens` expanded. A path whose only
+    /// token is `$ORIGIN` is expanded once per origin; `$LIB` and `$PLATFORM` depend on the
+    /// interpreter, so a path with them is expanded each time.
+    pub fn search_dirs_with(&self, raw: &[u8], tokens: &Tokens) -> Arc<[PathBuf]> {
+        if has_interpreter_tokens(raw) {
+            return search_dirs(raw, b":", tokens).into();
+        }
+        let origin = tokens.origin.as_os_str();
+        let known = self.origin_dirs.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(dirs) = known.get(origin) {
+            return dirs.clone();
+        }
+        drop(known);
+        let dirs: Arc<[PathBuf]> = search_dirs(raw, b":", tokens).into();
+        self.origin_dirs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(origin.to_owned())
+            .or_insert(dirs)
+            .clone()
+    }
+
     /// Whether the loader skips `DT_RPATH`s when searching for this object's dependencies.
     pub fn has_runpath(&self) -> bool {
         self.runpath.is_some()
@@ -107,6 +138,12 @@ impl Object {
 
     pub fn defines_versions(&self) -> bool {
         !self.version_defs.is_empty()
+    }
+
+    pub fn defines(&self, version: &str) -> bool {
+        self.version_defs
+            .binary_search_by(|d| d.as_str().cmp(version))
+            .is_ok()
     }
 
     /// What the loader sees when it opens this file as a checkable program or library.
@@ -131,14 +168,14 @@ pub(crate) enum Probe {
 pub(crate) struct Objects {
     // Keyed by the bytes of the path: hashing and comparing a `Path` goes component by
     // component, and a search compares many.
-    by_path: Mutex<HashMap<OsString, Probe>>,
-    by_canonical: Mutex<HashMap<OsString, Probe>>,
+    by_path: Mutex<FastMap<OsString, Probe>>,
+    by_canonical: Mutex<FastMap<OsString, Probe>>,
     /// Canonical paths of the directories probed in: a search tries many names in few
     /// directories, and resolving a path costs a `readlink` per component.
-    dirs: Mutex<HashMap<OsString, Option<PathBuf>>>,
+    dirs: Mutex<FastMap<OsString, Option<PathBuf>>>,
     /// Directories that have a `glibc-hwcaps` subdirectory: few do, and a search would otherwise
     /// probe each of its subdirectories for every name in every directory.
-    hwcaps: Mutex<HashMap<OsString, bool>>,
+    hwcaps: Mutex<FastMap<OsString, bool>>,
 }
 
 impl Objects {
@@ -205,14 +242,19 @@ impl Objects {
             return hit.clone();
         }
         let probe = read_object(canonical);
-        lock(&self.by_canonical).insert(canonical.as_os_str().to_owned(), probe.clone());
-        probe
+        // Another thread may have read it meanwhile: every check gets the one object, so that
+        // a session can tell objects apart by identity.
+        lock(&self.by_canonical)
+            .entry(canonical.as_os_str().to_owned())
+            .or_insert(probe)
+            .clone()
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere cannot leave a cache map half-written; keep using it.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+/// Whether a search path has a token other than `$ORIGIN`.
+fn has_interpreter_tokens(raw: &[u8]) -> bool {
+    let has = |token: &[u8]| raw.windows(token.len()).any(|w| w == token);
+    raw.contains(&b'$') && (has(b"LIB") || has(b"PLATFORM"))
 }
 
 fn read_object(canonical: &Path) -> Probe {
@@ -228,5 +270,18 @@ fn read_object(canonical: &Path) -> Probe {
         Err(_) if bytes.len() < ELF64_HEADER_SIZE => Probe::Invalid("file too short".into()),
         Err(ElfError::NotElf) => Probe::Invalid("invalid ELF header".into()),
         Err(err) => Probe::Invalid(err.to_string().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lib_and_platform_tokens_depend_on_the_interpreter() {
+        assert!(!has_interpreter_tokens(b"$ORIGIN/../lib:/usr/lib"));
+        assert!(!has_interpreter_tokens(b"/opt/LIB"));
+        assert!(has_interpreter_tokens(b"$ORIGIN/../$LIB"));
+        assert!(has_interpreter_tokens(b"/opt/${PLATFORM}/lib"));
     }
 }

@@ -2,7 +2,7 @@
 //! glibc's `_dl_map_object_deps`, `_dl_map_object` and `_dl_check_map_versions` do them.
 
 use std::cell::OnceCell;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use super::loader::{Loader, Setup, kind_name};
 use super::object::{DF_1_NODEFLIB, DF_1_PIE, Object, Probe};
 use super::report::{FileReport, ProblemKind, Resolved, Shown, Via};
 use super::search::{Tokens, expand, search_dirs};
+use super::{FastMap, FastSet};
 
 mod advice;
 use crate::elf::{ET_DYN, ET_EXEC, RunPathKind};
@@ -73,9 +74,19 @@ impl Loaded {
         }
         Some(
             self.dirs
-                .get_or_init(|| search_dirs(raw, b":", tokens).into())
+                .get_or_init(|| self.object.search_dirs_with(raw, tokens))
                 .clone(),
         )
+    }
+
+    /// Every name a dependency can match it by: a name it was asked for, the path it was opened
+    /// at, its soname.
+    fn match_names(&self) -> impl Iterator<Item = &[u8]> {
+        self.names
+            .iter()
+            .map(|n| n.as_bytes())
+            .chain([self.path.as_os_str().as_bytes()])
+            .chain(self.object.soname.as_deref().map(str::as_bytes))
     }
 }
 
@@ -137,9 +148,12 @@ pub(super) struct Session<'a, 'h> {
     setup: &'a Setup,
     shown: &'a Shown,
     loaded: Vec<Loaded>,
+    /// Each name a loaded object matches (see [`Loaded::match_names`]), to the first object
+    /// loaded that matches it.
+    by_name: FastMap<Vec<u8>, usize>,
     queue: VecDeque<usize>,
     /// Names searched for in vain; the loader does not search for them again.
-    unfound: HashSet<String>,
+    unfound: FastSet<String>,
     report: FileReport,
 }
 
@@ -172,15 +186,29 @@ impl<'a, 'h> Session<'a, 'h> {
                 ..Loaded::new(names, path.clone(), rtld.clone(), parent(path))
             });
         }
-        Session {
+        let mut session = Session {
             loader,
             setup,
             shown,
-            loaded,
+            loaded: Vec::with_capacity(loaded.len()),
+            by_name: FastMap::default(),
             queue: VecDeque::from([0]),
-            unfound: HashSet::new(),
+            unfound: FastSet::default(),
             report,
+        };
+        for entry in loaded {
+            session.push(entry);
         }
+        session
+    }
+
+    /// Adds `entry` to the process.
+    fn push(&mut self, entry: Loaded) {
+        let index = self.loaded.len();
+        for name in entry.match_names() {
+            self.by_name.entry(name.to_vec()).or_insert(index);
+        }
+        self.loaded.push(entry);
     }
 
     pub fn run(mut self) -> FileReport {
@@ -226,11 +254,7 @@ impl<'a, 'h> Session<'a, 'h> {
     /// An already loaded object matching `name`: by a name it was asked for, the path it was
     /// opened at, or its soname.
     fn find_loaded(&self, name: &str) -> Option<usize> {
-        self.loaded.iter().position(|l| {
-            l.names.iter().any(|n| n == name)
-                || l.path.as_os_str() == name
-                || l.object.soname.as_deref() == Some(name)
-        })
+        self.by_name.get(name.as_bytes()).copied()
     }
 
     fn join_load_order(&mut self, index: usize, name: &str) {
@@ -249,11 +273,15 @@ impl<'a, 'h> Session<'a, 'h> {
 
     fn add(&mut self, needer: usize, name: String, path: PathBuf, object: Arc<Object>, via: Via) {
         // The same file under another name is the same object (glibc compares device and inode).
+        // The loader's cache gives one object per canonical path.
         if let Some(index) = self
             .loaded
             .iter()
-            .position(|l| l.object.canonical.as_os_str() == object.canonical.as_os_str())
+            .position(|l| Arc::ptr_eq(&l.object, &object))
         {
+            self.by_name
+                .entry(name.clone().into_bytes())
+                .or_insert(index);
             self.loaded[index].names.push(name.clone());
             self.join_load_order(index, &name);
             return;
@@ -264,7 +292,7 @@ impl<'a, 'h> Session<'a, 'h> {
             path: path.clone(),
             via,
         });
-        self.loaded.push(Loaded {
+        self.push(Loaded {
             loaded_by: Some(needer),
             ..Loaded::new(vec![name], path, object, origin)
         });
@@ -279,7 +307,9 @@ impl<'a, 'h> Session<'a, 'h> {
         let object = self.loaded[needer].object.clone();
         // An object with a RUNPATH ignores every RPATH, its loaders' included.
         if !object.has_runpath() {
-            for owner in self.chain(needer) {
+            let mut next = Some(needer);
+            while let Some(owner) = next {
+                next = self.loaded[owner].loaded_by;
                 let owner_object = self.loaded[owner].object.clone();
                 let Some(rpath) = owner_object.search_path(RunPathKind::RPath) else {
                     continue;
@@ -289,8 +319,9 @@ impl<'a, 'h> Session<'a, 'h> {
                 else {
                     continue;
                 };
-                let inherited =
-                    (owner != needer).then(|| self.loaded[owner].shown(self.shown).to_string());
+                // Named only in the message of a failed search.
+                let inherited = (trail.recording && owner != needer)
+                    .then(|| self.loaded[owner].shown(self.shown).to_string());
                 let place = || match &inherited {
                     None => format!("RPATH [{}]", lossy(rpath)),
                     Some(of) => format!("RPATH [{}] of {of}", lossy(rpath)),
@@ -501,7 +532,7 @@ impl<'a, 'h> Session<'a, 'h> {
                     }
                     Some(target) => {
                         for version in versions {
-                            if !self.loaded[target].object.version_defs.contains(version) {
+                            if !self.loaded[target].object.defines(version) {
                                 self.missing_version(index, target, file, version);
                             }
                         }

@@ -136,7 +136,7 @@ impl Session<'_, '_> {
     /// A copy of `file` that defines `version`, preferring the prefix's own.
     fn version_provider(&self, file: &str, version: &str) -> Option<String> {
         let serves = |p: &PathBuf| match self.candidate(p) {
-            Candidate::Usable(object) => object.version_defs.iter().any(|v| v == version),
+            Candidate::Usable(object) => object.defines(version),
             _ => false,
         };
         let hints = self.loader.hints;
