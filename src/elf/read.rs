@@ -408,7 +408,7 @@ impl<'a> Elf<'a> {
                 next => at = at.checked_add(u64::from(next))?,
             }
         }
-        (high > low).then_some((low, high - low))
+        (high > low).then(|| (low, high - low))
     }
 
     /// Offsets into the dynamic string table that something in the file refers to.
