@@ -10,7 +10,7 @@ use super::search::{Tokens, search_dirs};
 use super::{FastMap, lock};
 
 use crate::elf::{Class, Elf, ElfError, RunPathKind};
-use crate::scan::MappedFile;
+use crate::scan::{MappedFile, open_regular};
 
 const DT_FLAGS_1: i64 = 0x6fff_fffb;
 /// Search no default directories for this object's dependencies.
@@ -20,10 +20,25 @@ pub(crate) const DF_1_PIE: u64 = 0x0800_0000;
 /// The loader reads this much of a file before judging it; shorter files are refused.
 const ELF64_HEADER_SIZE: usize = 64;
 
-/// What the loader needs to know of one ELF file, owned so the file can be unmapped.
+/// One ELF file at its canonical path; what the loader needs to know of it is shared by the
+/// file's every hard link.
 #[derive(Debug)]
 pub(crate) struct Object {
     pub canonical: PathBuf,
+    info: Arc<ObjectInfo>,
+}
+
+impl std::ops::Deref for Object {
+    type Target = ObjectInfo;
+
+    fn deref(&self) -> &ObjectInfo {
+        &self.info
+    }
+}
+
+/// What the loader needs to know of one ELF file, owned so the file can be unmapped.
+#[derive(Debug)]
+pub(crate) struct ObjectInfo {
     pub class: Class,
     pub machine: u16,
     pub little_endian: bool,
@@ -44,20 +59,21 @@ pub(crate) struct Object {
     pub is_separate_debug: bool,
     /// Its run path as directories, when it has no tokens to expand.
     plain_dirs: OnceLock<Arc<[PathBuf]>>,
+    /// Whether its run path has `$LIB` or `$PLATFORM`, which depend on the interpreter.
+    run_path_has_interpreter_tokens: bool,
     /// Its run path as directories with only `$ORIGIN` to expand, by origin: a library is
     /// loaded from the same directory by every program of its prefix.
     origin_dirs: RwLock<FastMap<OsString, Arc<[PathBuf]>>>,
 }
 
-impl Object {
-    fn from_elf(elf: &Elf, canonical: PathBuf) -> Object {
+impl ObjectInfo {
+    fn from_elf(elf: &Elf) -> ObjectInfo {
         let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let mut version_defs: Vec<String> =
             elf.version_defs().into_iter().map(|d| d.name).collect();
         version_defs.sort_unstable();
         version_defs.dedup();
-        Object {
-            canonical,
+        ObjectInfo {
             class: elf.class,
             machine: elf.machine,
             little_endian: elf.little_endian,
@@ -72,6 +88,10 @@ impl Object {
             needed: elf.needed().into_iter().map(lossy).collect(),
             rpath: elf.rpath().map(<[u8]>::to_vec),
             runpath: elf.runpath().map(<[u8]>::to_vec),
+            run_path_has_interpreter_tokens: [elf.rpath(), elf.runpath()]
+                .into_iter()
+                .flatten()
+                .any(has_interpreter_tokens),
             version_needs: elf
                 .version_needs()
                 .into_iter()
@@ -113,7 +133,7 @@ impl Object {
     /// token is `$ORIGIN` is expanded once per origin; `$LIB` and `$PLATFORM` depend on the
     /// interpreter, so a path with them is expanded each time.
     pub fn search_dirs_with(&self, raw: &[u8], tokens: &Tokens) -> Arc<[PathBuf]> {
-        if has_interpreter_tokens(raw) {
+        if self.run_path_has_interpreter_tokens {
             return search_dirs(raw, b":", tokens).into();
         }
         let origin = tokens.origin.as_os_str();
@@ -176,6 +196,33 @@ pub(crate) struct Objects {
     /// Directories that have a `glibc-hwcaps` subdirectory: few do, and a search would otherwise
     /// probe each of its subdirectories for every name in every directory.
     hwcaps: Mutex<FastMap<OsString, bool>>,
+    /// What was read of each file, by inode: a prefix's hard links of one package file are
+    /// checked under each of their names.
+    by_inode: Mutex<FastMap<FileKey, Arc<ObjectInfo>>>,
+}
+
+/// A file's identity and version: its inode, and the size and times that change with its
+/// content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileKey {
+    fn of(meta: &std::fs::Metadata) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 impl Objects {
@@ -236,12 +283,42 @@ impl Objects {
         canonical
     }
 
+    /// The object at `canonical`, read unless another of the file's names was.
+    fn read_object(&self, canonical: &Path) -> Probe {
+        let (file, meta) = match open_regular(canonical) {
+            Ok(opened) => opened,
+            Err(err) => return read_error(&err),
+        };
+        let key = FileKey::of(&meta);
+        let known = lock(&self.by_inode).get(&key).cloned();
+        let info = match known {
+            Some(info) => info,
+            None => {
+                let read = match MappedFile::load(file, meta) {
+                    Ok(read) => read,
+                    Err(err) => return read_error(&err),
+                };
+                match parse_object(read.bytes()) {
+                    Ok(info) => lock(&self.by_inode)
+                        .entry(key)
+                        .or_insert(Arc::new(info))
+                        .clone(),
+                    Err(why) => return Probe::Invalid(why),
+                }
+            }
+        };
+        Probe::Found(Arc::new(Object {
+            canonical: canonical.to_path_buf(),
+            info,
+        }))
+    }
+
     /// The object at a canonical path, read once.
     pub fn load(&self, canonical: &Path) -> Probe {
         if let Some(hit) = lock(&self.by_canonical).get(canonical.as_os_str()) {
             return hit.clone();
         }
-        let probe = read_object(canonical);
+        let probe = self.read_object(canonical);
         // Another thread may have read it meanwhile: every check gets the one object, so that
         // a session can tell objects apart by identity.
         lock(&self.by_canonical)
@@ -257,19 +334,19 @@ fn has_interpreter_tokens(raw: &[u8]) -> bool {
     raw.contains(&b'$') && (has(b"LIB") || has(b"PLATFORM"))
 }
 
-fn read_object(canonical: &Path) -> Probe {
-    let file = match MappedFile::open(canonical) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Probe::Missing,
-        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => return Probe::Missing,
-        Err(err) => return Probe::Invalid(format!("cannot read file data: {err}").into()),
-    };
-    let bytes = file.bytes();
+fn read_error(err: &io::Error) -> Probe {
+    match err.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => Probe::Missing,
+        _ => Probe::Invalid(format!("cannot read file data: {err}").into()),
+    }
+}
+
+fn parse_object(bytes: &[u8]) -> Result<ObjectInfo, Arc<str>> {
     match Elf::parse(bytes) {
-        Ok(elf) => Probe::Found(Arc::new(Object::from_elf(&elf, canonical.to_path_buf()))),
-        Err(_) if bytes.len() < ELF64_HEADER_SIZE => Probe::Invalid("file too short".into()),
-        Err(ElfError::NotElf) => Probe::Invalid("invalid ELF header".into()),
-        Err(err) => Probe::Invalid(err.to_string().into()),
+        Ok(elf) => Ok(ObjectInfo::from_elf(&elf)),
+        Err(_) if bytes.len() < ELF64_HEADER_SIZE => Err("file too short".into()),
+        Err(ElfError::NotElf) => Err("invalid ELF header".into()),
+        Err(err) => Err(err.to_string().into()),
     }
 }
 

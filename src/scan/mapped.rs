@@ -28,6 +28,20 @@ const READ_LIMIT: u64 = 64 * 1024;
 /// How long an open waits for another process to release its write lease on a file.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
 
+/// Opens `path` as [`MappedFile::open`] does, without reading it: for a caller that may already
+/// know the file by its inode.
+pub fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
+    let file = open_nonblocking(path, false)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((file, meta))
+}
+
 /// Opens `path` for reading without blocking on a FIFO or a device, following a symlink in its
 /// last component only when `follow`. While another process holds a write lease on the file
 /// (autopatch growing it in place), such an open fails with `EWOULDBLOCK` and asks the holder to
@@ -56,14 +70,12 @@ pub fn open_nonblocking(path: &Path, follow: bool) -> io::Result<File> {
 impl MappedFile {
     /// Opens `path`, refusing anything but a regular file (a symlink is not followed).
     pub fn open(path: &Path) -> io::Result<MappedFile> {
-        let file = open_nonblocking(path, false)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
-        }
+        let (file, meta) = open_regular(path)?;
+        MappedFile::load(file, meta)
+    }
+
+    /// The content of `file`, a regular file opened for reading, whose metadata is `meta`.
+    pub fn load(file: File, meta: Metadata) -> io::Result<MappedFile> {
         let content = if meta.len() <= READ_LIMIT {
             let mut bytes = Vec::with_capacity(meta.len() as usize);
             (&file).take(READ_LIMIT).read_to_end(&mut bytes)?;

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use walkdir::WalkDir;
 
 use crate::elf::Elf;
-pub use mapped::{MappedFile, open_nonblocking};
+pub use mapped::{MappedFile, open_nonblocking, open_regular};
 
 /// A file's identity on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
