@@ -87,6 +87,11 @@ pub fn plan(elf: &Elf, edits: &Edits) -> Result<Option<Rewrite>, ElfError> {
         // The table is rebuilt from its pre-growth part, so what earlier edits appended and is
         // still in use is appended again, and nothing accumulates.
         base_len = region_base.min(table_len);
+        if version_names_past(elf, base_len as u64) {
+            return Err(ElfError::malformed(
+                "symbol version names lie past the string table the growth region was made from",
+            ));
+        }
         carry_appended(elf, base_len as u64, &mut slots, &mut fields);
         placement = place_strings(elf, base_len, &mut slots, &fields);
     }
@@ -365,6 +370,18 @@ fn vn_file_updates(elf: &Elf, edits: &Edits) -> Vec<FieldString> {
             })
         })
         .collect()
+}
+
+/// Whether a version name lies at or past `base_len`: edits never append one, and a rebuilt
+/// string table would lose it.
+fn version_names_past(elf: &Elf, base_len: u64) -> bool {
+    let needs = elf.version_needs();
+    let defs = elf.version_defs();
+    needs
+        .iter()
+        .flat_map(|n| n.version_strings.iter().copied())
+        .chain(defs.iter().map(|d| d.name_string))
+        .any(|at| at >= base_len)
 }
 
 /// Re-requests the strings past `base_len` that entries and version needs still point at.
