@@ -501,3 +501,44 @@ fn a_version_name_past_the_string_table_is_refused() {
     let out = autopatch(&["--set-rpath", "$ORIGIN/lib"], &fx.exe);
     check_refusal(&out, &fx.exe, &bytes, "autopatch: ").unwrap();
 }
+
+/// An interpreter lying on a note, in a file without section headers: growth moves the note out
+/// of the program header table's way, and must not leave the new interpreter to be wiped with
+/// the note's old place (found by fuzzing: fuzz/regressions/read_edit/).
+#[test]
+fn an_interpreter_lying_on_a_note_keeps_the_value_set() {
+    const PT_NOTE: u32 = 4;
+    const PT_INTERP: u32 = 3;
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
+    let mut bytes = fs::read(&fx.exe).unwrap();
+    let elf = Elf::parse(&bytes).unwrap();
+    let note = elf
+        .segments
+        .iter()
+        .find(|s| s.p_type == PT_NOTE)
+        .unwrap()
+        .clone();
+    let interp = elf
+        .segments
+        .iter()
+        .position(|s| s.p_type == PT_INTERP)
+        .unwrap();
+    let phdr = elf.phoff as usize + interp * 56;
+    for (field, value) in [(8, note.offset), (16, note.vaddr), (24, note.vaddr)] {
+        bytes[phdr + field..phdr + field + 8].copy_from_slice(&value.to_le_bytes());
+    }
+    bytes[phdr + 32..phdr + 48].copy_from_slice(&[&note.filesz.to_le_bytes()[..]; 2].concat());
+    // No section headers: e_shoff, e_shnum and e_shstrndx zeroed.
+    bytes[0x28..0x30].fill(0);
+    bytes[0x3c..0x40].fill(0);
+    fs::write(&fx.exe, &bytes).unwrap();
+    let run_path = long_run_path("$ORIGIN/lib", "note");
+    let out = autopatch(
+        &["--set-interpreter", "/l", "--set-rpath", &run_path],
+        &fx.exe,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(print("--print-interpreter", &fx.exe), "/l");
+    assert_eq!(print("--print-rpath", &fx.exe), run_path);
+}

@@ -538,7 +538,9 @@ fn contents_after(elf: &Elf, from: u64) -> Vec<Item> {
             .map(|t| (t.offset, t.bytes.len() as u64, Content::StrTab)),
     ];
     for (offset, len, kind) in loader_items.into_iter().flatten() {
-        if !items.iter().any(|i| i.offset == offset) {
+        // Something else at the same place (a note where the interpreter is) is an overlap,
+        // which leaves the table no room to take.
+        if !items.iter().any(|i| i.offset == offset && i.kind == kind) {
             items.push(Item { offset, len, kind });
         }
     }
