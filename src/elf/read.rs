@@ -377,6 +377,8 @@ impl<'a> Elf<'a> {
         .collect()
     }
 
+    /// The span of the version table at `vaddr`: every record and auxiliary entry that can be
+    /// read, the walk stopping at the first that cannot (the readers stop there too).
     fn version_table_span(
         &self,
         vaddr: u64,
@@ -384,29 +386,37 @@ impl<'a> Elf<'a> {
         layout: &VersionLayout,
     ) -> Option<(u64, u64)> {
         let c = self.codec();
-        let mut at = self.vaddr_to_offset(vaddr)?;
         let (mut low, mut high) = (u64::MAX, 0);
         let mut cover = |start: u64, len: u64| {
             low = low.min(start);
             high = high.max(start + len);
         };
+        let mut next_record = self.vaddr_to_offset(vaddr);
         for _ in 0..count.min(4096) {
-            let record = slice(self.data, at, layout.record)?;
+            let Some((at, record)) =
+                next_record.and_then(|at| Some((at, slice(self.data, at, layout.record)?)))
+            else {
+                break;
+            };
             cover(at, layout.record);
-            let mut aux_at = at.checked_add(u64::from(c.read_u32(&record[layout.aux_at..])))?;
+            let mut next_aux = at.checked_add(u64::from(c.read_u32(&record[layout.aux_at..])));
             // A definition's first auxiliary entry (its name) is read whatever its count says.
             for _ in 0..c.read_u16(&record[layout.aux_count_at..]).clamp(1, 4096) {
-                let aux = slice(self.data, aux_at, layout.aux)?;
+                let Some((aux_at, aux)) =
+                    next_aux.and_then(|a| Some((a, slice(self.data, a, layout.aux)?)))
+                else {
+                    break;
+                };
                 cover(aux_at, layout.aux);
-                match c.read_u32(&aux[layout.aux_next_at..]) {
-                    0 => break,
-                    next => aux_at = aux_at.checked_add(u64::from(next))?,
-                }
+                next_aux = match c.read_u32(&aux[layout.aux_next_at..]) {
+                    0 => None,
+                    next => aux_at.checked_add(u64::from(next)),
+                };
             }
-            match c.read_u32(&record[layout.next_at..]) {
-                0 => break,
-                next => at = at.checked_add(u64::from(next))?,
-            }
+            next_record = match c.read_u32(&record[layout.next_at..]) {
+                0 => None,
+                next => at.checked_add(u64::from(next)),
+            };
         }
         (high > low).then(|| (low, high - low))
     }
