@@ -246,7 +246,13 @@ pub(crate) fn grow(
         move_dynamic.then_some(dyn_count),
         interp.as_ref().map(Vec::len),
         strtab.as_ref().map(Vec::len),
-    );
+    )
+    .ok_or_else(|| {
+        ElfError::Unsupported(
+            "the loaded segments reach the top of the address space: no room to add one above them"
+                .into(),
+        )
+    })?;
     if c.class == Class::Elf32 && layout.offset + layout.len > u64::from(u32::MAX) {
         return Err(ElfError::Unsupported(
             "a 32-bit file cannot grow past 4 GiB".into(),
@@ -763,12 +769,15 @@ fn lay_out(
     dyn_count: Option<usize>,
     interp_len: Option<usize>,
     strtab_len: Option<usize>,
-) -> Layout {
+) -> Option<Layout> {
     let word = c.word_size() as u64;
     let offset = align_up(cut, 16);
     // The address keeps the offset's remainder modulo the page, as mmap requires, and starts on
-    // a page of its own above everything loaded before.
-    let vaddr = align_up(vaddr_end, page) + offset % page;
+    // a page of its own above everything loaded before: `None` when that passes the top.
+    let vaddr = vaddr_end
+        .div_ceil(page)
+        .checked_mul(page)?
+        .checked_add(offset % page)?;
     let phdrs = phnum.map(|_| offset);
     let marker = offset + phnum.map_or(0, |n| (n * c.phdr_size()) as u64);
     let mut cursor = Cursor(marker + MARKER_LEN);
@@ -781,7 +790,8 @@ fn lay_out(
     let interp = interp_len.map(|n| cursor.take(n as u64 + 1, 1));
     let strtab = strtab_len.map(|n| cursor.take(n as u64, 1));
     let end = cursor.0;
-    Layout {
+    vaddr.checked_add(end - offset)?;
+    Some(Layout {
         offset,
         vaddr,
         phdrs,
@@ -792,7 +802,7 @@ fn lay_out(
         interp,
         strtab,
         len: end - offset,
-    }
+    })
 }
 
 /// The end of what has been laid out so far.
