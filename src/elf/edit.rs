@@ -160,6 +160,11 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
             "the headers, interpreter, dynamic section, string table, symbol versions or section headers overlap",
         ));
     }
+    if elf.version_entries_overlap() {
+        return Err(ElfError::malformed(
+            "records of the symbol version tables overlap one another",
+        ));
+    }
     if region::find(elf).is_some_and(|r| {
         elf.version_table_spans()
             .into_iter()

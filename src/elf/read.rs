@@ -366,31 +366,55 @@ impl<'a> Elf<'a> {
     /// span from its first byte to its last: the editor reads the names they hold, so it must not
     /// write over them. Tables that cannot be read give none.
     pub(crate) fn version_table_spans(&self) -> Vec<(u64, u64)> {
+        self.version_tables()
+            .filter_map(|(vaddr, count, layout)| {
+                let (mut low, mut high) = (u64::MAX, 0);
+                self.walk_version_table(vaddr, count, layout, &mut |start, len| {
+                    low = low.min(start);
+                    high = high.max(start + len);
+                });
+                (high > low).then(|| (low, high - low))
+            })
+            .collect()
+    }
+
+    /// Whether two records or entries of the version tables share a byte (a record met twice,
+    /// through a loop of `next` offsets, is one): renaming a library in one would change
+    /// another.
+    pub(crate) fn version_entries_overlap(&self) -> bool {
+        let mut pieces = Vec::new();
+        for (vaddr, count, layout) in self.version_tables() {
+            self.walk_version_table(vaddr, count, layout, &mut |start, len| {
+                pieces.push((start, len));
+            });
+        }
+        pieces.sort_unstable();
+        pieces.dedup();
+        pieces.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0)
+    }
+
+    fn version_tables(&self) -> impl Iterator<Item = (u64, u64, &'static VersionLayout)> + '_ {
         [
             (DT_VERNEED, DT_VERNEEDNUM, &NEED_LAYOUT),
             (DT_VERDEF, DT_VERDEFNUM, &DEF_LAYOUT),
         ]
         .into_iter()
         .filter_map(|(table, count, layout)| {
-            self.version_table_span(self.dyn_value(table)?, self.dyn_value(count)?, layout)
+            Some((self.dyn_value(table)?, self.dyn_value(count)?, layout))
         })
-        .collect()
     }
 
-    /// The span of the version table at `vaddr`: every record and auxiliary entry that can be
-    /// read, the walk stopping at the first that cannot (the readers stop there too).
-    fn version_table_span(
+    /// Calls `visit` with the offset and length of every record and auxiliary entry of the
+    /// version table at `vaddr` that can be read, stopping at the first that cannot (the readers
+    /// stop there too).
+    fn walk_version_table(
         &self,
         vaddr: u64,
         count: u64,
         layout: &VersionLayout,
-    ) -> Option<(u64, u64)> {
+        visit: &mut dyn FnMut(u64, u64),
+    ) {
         let c = self.codec();
-        let (mut low, mut high) = (u64::MAX, 0);
-        let mut cover = |start: u64, len: u64| {
-            low = low.min(start);
-            high = high.max(start + len);
-        };
         let mut next_record = self.vaddr_to_offset(vaddr);
         for _ in 0..count.min(4096) {
             let Some((at, record)) =
@@ -398,7 +422,7 @@ impl<'a> Elf<'a> {
             else {
                 break;
             };
-            cover(at, layout.record);
+            visit(at, layout.record);
             let mut next_aux = at.checked_add(u64::from(c.read_u32(&record[layout.aux_at..])));
             // A definition's first auxiliary entry (its name) is read whatever its count says.
             for _ in 0..c.read_u16(&record[layout.aux_count_at..]).clamp(1, 4096) {
@@ -407,7 +431,7 @@ impl<'a> Elf<'a> {
                 else {
                     break;
                 };
-                cover(aux_at, layout.aux);
+                visit(aux_at, layout.aux);
                 next_aux = match c.read_u32(&aux[layout.aux_next_at..]) {
                     0 => None,
                     next => aux_at.checked_add(u64::from(next)),
@@ -418,7 +442,6 @@ impl<'a> Elf<'a> {
                 next => at.checked_add(u64::from(next)),
             };
         }
-        (high > low).then(|| (low, high - low))
     }
 
     /// Offsets into the dynamic string table that something in the file refers to.
