@@ -356,6 +356,14 @@ fn bases(dir: &Path) -> Vec<Base> {
     found
 }
 
+/// A gcc-built program in a fresh directory, and its bytes.
+fn gcc_program() -> (tempfile::TempDir, common::elf::Fixture, Vec<u8>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
+    let bytes = fs::read(&fx.exe).unwrap();
+    (tmp, fx, bytes)
+}
+
 #[test]
 fn mutants_that_load_still_load_after_growth_and_fix() {
     let start = Instant::now();
@@ -414,9 +422,7 @@ fn mutants_that_load_still_load_after_growth_and_fix() {
 fn a_program_of_another_machine_keeps_its_interpreter() {
     const E_MACHINE: usize = 0x12;
     const EM_AARCH64: u16 = 183;
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
-    let mut bytes = fs::read(&fx.exe).unwrap();
+    let (tmp, _fx, mut bytes) = gcc_program();
     bytes[E_MACHINE..E_MACHINE + 2].copy_from_slice(&EM_AARCH64.to_le_bytes());
     let prefix = tmp.path().join("prefix");
     let file = prefix.join("bin/hello");
@@ -448,10 +454,8 @@ fn a_program_of_another_machine_keeps_its_interpreter() {
 fn a_note_claiming_all_memory_is_refused_not_moved() {
     const PT_NOTE: u32 = 4;
     const P_MEMSZ: usize = 40;
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, fx, mut bytes) = gcc_program();
     let ld = long_loader(tmp.path(), HOST_LD);
-    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
-    let mut bytes = fs::read(&fx.exe).unwrap();
     let elf = Elf::parse(&bytes).unwrap();
     let note = elf
         .segments
@@ -471,9 +475,7 @@ fn a_note_claiming_all_memory_is_refused_not_moved() {
 #[test]
 fn a_version_name_past_the_string_table_is_refused() {
     const DT_STRSZ: i64 = 10;
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
-    let mut bytes = fs::read(&fx.exe).unwrap();
+    let (_tmp, fx, mut bytes) = gcc_program();
     let elf = Elf::parse(&bytes).unwrap();
     let dynstr = elf.sections.iter().find(|s| s.name == b".dynstr").unwrap();
     let table = &bytes[dynstr.offset as usize..(dynstr.offset + dynstr.size) as usize];
@@ -509,9 +511,7 @@ fn a_version_name_past_the_string_table_is_refused() {
 fn an_interpreter_lying_on_a_note_keeps_the_value_set() {
     const PT_NOTE: u32 = 4;
     const PT_INTERP: u32 = 3;
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = fixture("gcc", &tmp.path().join("fixture"), &[]);
-    let mut bytes = fs::read(&fx.exe).unwrap();
+    let (_tmp, fx, mut bytes) = gcc_program();
     let elf = Elf::parse(&bytes).unwrap();
     let note = elf
         .segments

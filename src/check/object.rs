@@ -10,7 +10,7 @@ use super::search::{Tokens, search_dirs};
 use super::{FastMap, lock};
 
 use crate::elf::{Class, Elf, ElfError, RunPathKind};
-use crate::scan::{MappedFile, open_regular};
+use crate::scan::{FileVersion, MappedFile, open_regular};
 
 const DT_FLAGS_1: i64 = 0x6fff_fffb;
 /// Search no default directories for this object's dependencies.
@@ -198,31 +198,7 @@ pub(crate) struct Objects {
     hwcaps: Mutex<FastMap<OsString, bool>>,
     /// What was read of each file, by inode: a prefix's hard links of one package file are
     /// checked under each of their names.
-    by_inode: Mutex<FastMap<FileKey, Arc<ObjectInfo>>>,
-}
-
-/// A file's identity and version: its inode, and the size and times that change with its
-/// content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FileKey {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileKey {
-    fn of(meta: &std::fs::Metadata) -> FileKey {
-        use std::os::unix::fs::MetadataExt;
-        FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
+    by_inode: Mutex<FastMap<FileVersion, Arc<ObjectInfo>>>,
 }
 
 impl Objects {
@@ -289,7 +265,7 @@ impl Objects {
             Ok(opened) => opened,
             Err(err) => return read_error(&err),
         };
-        let key = FileKey::of(&meta);
+        let key = FileVersion::of(&meta);
         let known = lock(&self.by_inode).get(&key).cloned();
         let info = match known {
             Some(info) => info,

@@ -15,6 +15,29 @@ use walkdir::WalkDir;
 use crate::elf::Elf;
 pub use mapped::{MappedFile, open_nonblocking, open_regular};
 
+/// A file's identity and version: its inode, and the size and times that change with its
+/// content. Equal versions are the same content, as far as metadata can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileVersion {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileVersion {
+    pub fn of(meta: &fs::Metadata) -> FileVersion {
+        FileVersion {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
 /// A file's identity on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InodeId {

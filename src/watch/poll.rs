@@ -3,11 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use walkdir::WalkDir;
+
+use crate::scan::FileVersion;
 
 /// Between passes when nothing is being written.
 pub const INTERVAL: Duration = Duration::from_secs(2);
@@ -24,10 +25,7 @@ enum Kind {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     kind: Kind,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    version: FileVersion,
 }
 
 impl Stamp {
@@ -41,10 +39,7 @@ impl Stamp {
         };
         Stamp {
             kind,
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
+            version: FileVersion::of(meta),
         }
     }
 }
