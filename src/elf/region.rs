@@ -397,7 +397,7 @@ pub(crate) fn grow(
     };
     writes.extend(section_header_writes(
         elf, &layout, &moved, &relocate, &shift,
-    ));
+    )?);
 
     let len = tail.map_or(layout.offset + layout.len, |t| t.to + t.len);
     Ok(Rewrite {
@@ -868,7 +868,7 @@ fn section_header_writes(
     moved: &MovedSections,
     relocate: &Relocation,
     shift: &dyn Fn(u64) -> u64,
-) -> Vec<Write> {
+) -> Result<Vec<Write>, ElfError> {
     let c = elf.codec();
     let old_strtab = elf.strtab.as_ref().map(|t| t.vaddr);
     let old_interp = elf.interp_segment().map(|s| s.vaddr);
@@ -892,6 +892,14 @@ fn section_header_writes(
             ),
             _ => (s.addr, shift(s.offset), s.size),
         };
+        // A size that reaches the top of the address space from the old place may pass it from
+        // the new one, and no reader accepts that.
+        if placed.0.checked_add(placed.2).is_none() || placed.1.checked_add(placed.2).is_none() {
+            return Err(ElfError::malformed(format!(
+                "section {} would run past the end of the address space once moved",
+                s.index
+            )));
+        }
         if placed != (s.addr, s.offset, s.size) || shift(s.header_offset) != s.header_offset {
             writes.push(Write {
                 offset: shift(s.header_offset) + c.shdr_addr(),
@@ -899,5 +907,5 @@ fn section_header_writes(
             });
         }
     }
-    writes
+    Ok(writes)
 }
