@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 use reliability_support::{make_writable, text};
 
 const DAMAGED: &str = "the file is damaged or not a complete program";
+const PT_LOAD: u32 = 1;
+const PT_DYNAMIC: u32 = 2;
+const PT_INTERP: u32 = 3;
+const DT_NEEDED: u64 = 1;
 const NOT_ELF: &str = "not an ELF file: nothing to patch";
 
 /// A prefix holding `good`, a program that needs a new interpreter, beside the case's entry.
@@ -220,6 +224,25 @@ fn program_headers(b: &[u8]) -> Vec<(usize, u32)> {
         .collect()
 }
 
+/// The file offset of the first program header of type `p_type`.
+fn program_header(b: &[u8], p_type: u32) -> usize {
+    program_headers(b)
+        .into_iter()
+        .find(|&(_, t)| t == p_type)
+        .unwrap_or_else(|| panic!("no program header of type {p_type}"))
+        .0
+}
+
+/// File offsets of the dynamic entries before `DT_NULL`, with their tag.
+fn dynamic_entries(b: &[u8]) -> Vec<(usize, u64)> {
+    let start = u64_at(b, program_header(b, PT_DYNAMIC) + 8) as usize;
+    (start..)
+        .step_by(16)
+        .map(|at| (at, u64_at(b, at)))
+        .take_while(|&(_, tag)| tag != 0)
+        .collect()
+}
+
 /// A damaged program is refused as such, and left as it was.
 fn assert_damaged_refused(name: &str, bytes: Vec<u8>) {
     let case = Case::new();
@@ -282,7 +305,7 @@ fn overlapping_segments() {
     let mut bytes = hello();
     let loads: Vec<usize> = program_headers(&bytes)
         .into_iter()
-        .filter(|&(_, t)| t == 1)
+        .filter(|&(_, t)| t == PT_LOAD)
         .map(|(at, _)| at)
         .collect();
     let first_vaddr = u64_at(&bytes, loads[0] + 16);
@@ -296,10 +319,7 @@ fn overlapping_segments() {
 #[test]
 fn interpreter_inside_the_section_headers() {
     let mut bytes = hello();
-    let (interp, _) = program_headers(&bytes)
-        .into_iter()
-        .find(|&(_, t)| t == 3)
-        .unwrap();
+    let interp = program_header(&bytes, PT_INTERP);
     let shoff = u64_at(&bytes, 0x28);
     put_u64(&mut bytes, interp + 8, shoff + 0x30);
     assert_damaged_refused("interp-in-section-headers", bytes);
@@ -312,25 +332,18 @@ fn version_needs_inside_the_dynamic_section() {
     const DT_VERNEED: u64 = 0x6fff_fffe;
     const DT_VERNEEDNUM: u64 = 0x6fff_ffff;
     let mut bytes = hello();
-    let (dynamic, _) = program_headers(&bytes)
-        .into_iter()
-        .find(|&(_, t)| t == 2)
-        .unwrap();
+    let dynamic = program_header(&bytes, PT_DYNAMIC);
     let dynamic_vaddr = u64_at(&bytes, dynamic + 16);
-    let mut at = u64_at(&bytes, dynamic + 8) as usize;
     let mut found = 0;
     // Its first entry, read as a version need: one need with no versions, named "".
-    while u64_at(&bytes, at) != 0 {
-        match u64_at(&bytes, at) {
-            DT_VERNEED => put_u64(&mut bytes, at + 8, dynamic_vaddr),
-            DT_VERNEEDNUM => put_u64(&mut bytes, at + 8, 1),
-            _ => {
-                at += 16;
-                continue;
-            }
-        }
+    for (at, tag) in dynamic_entries(&bytes) {
+        let value = match tag {
+            DT_VERNEED => dynamic_vaddr,
+            DT_VERNEEDNUM => 1,
+            _ => continue,
+        };
+        put_u64(&mut bytes, at + 8, value);
         found += 1;
-        at += 16;
     }
     assert_eq!(found, 2, "hello has version needs");
     assert_damaged_refused("verneed-in-dynamic", bytes);
@@ -339,10 +352,7 @@ fn version_needs_inside_the_dynamic_section() {
 #[test]
 fn dynamic_section_outside_every_segment() {
     let mut bytes = hello();
-    let (dynamic, _) = program_headers(&bytes)
-        .into_iter()
-        .find(|&(_, t)| t == 2)
-        .unwrap();
+    let dynamic = program_header(&bytes, PT_DYNAMIC);
     let offset = bytes.len() as u64 - 0x200;
     put_u64(&mut bytes, dynamic + 8, offset);
     put_u64(&mut bytes, dynamic + 16, 0x90_0000);
@@ -353,18 +363,10 @@ fn dynamic_section_outside_every_segment() {
 #[test]
 fn string_offsets_past_the_end() {
     let mut bytes = hello();
-    let (dynamic, _) = program_headers(&bytes)
+    let (at, _) = dynamic_entries(&bytes)
         .into_iter()
-        .find(|&(_, t)| t == 2)
-        .unwrap();
-    let mut at = u64_at(&bytes, dynamic + 8) as usize;
-    loop {
-        match u64_at(&bytes, at) {
-            0 => panic!("no DT_NEEDED"),
-            1 => break,
-            _ => at += 16,
-        }
-    }
+        .find(|&(_, tag)| tag == DT_NEEDED)
+        .expect("no DT_NEEDED");
     put_u64(&mut bytes, at + 8, 0xff_fff0);
     assert_damaged_refused("strings", bytes);
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use super::search::{Tokens, search_dirs};
+use super::search::{Tokens, has_interpreter_tokens, search_dirs};
 use super::{FastMap, lock};
 
 use crate::elf::{Class, Elf, ElfError, RunPathKind};
@@ -304,12 +304,6 @@ impl Objects {
     }
 }
 
-/// Whether a search path has a token other than `$ORIGIN`.
-fn has_interpreter_tokens(raw: &[u8]) -> bool {
-    let has = |token: &[u8]| raw.windows(token.len()).any(|w| w == token);
-    raw.contains(&b'$') && (has(b"LIB") || has(b"PLATFORM"))
-}
-
 fn read_error(err: &io::Error) -> Probe {
     match err.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => Probe::Missing,
@@ -323,18 +317,5 @@ fn parse_object(bytes: &[u8]) -> Result<ObjectInfo, Arc<str>> {
         Err(_) if bytes.len() < ELF64_HEADER_SIZE => Err("file too short".into()),
         Err(ElfError::NotElf) => Err("invalid ELF header".into()),
         Err(err) => Err(err.to_string().into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_lib_and_platform_tokens_depend_on_the_interpreter() {
-        assert!(!has_interpreter_tokens(b"$ORIGIN/../lib:/usr/lib"));
-        assert!(!has_interpreter_tokens(b"/opt/LIB"));
-        assert!(has_interpreter_tokens(b"$ORIGIN/../$LIB"));
-        assert!(has_interpreter_tokens(b"/opt/${PLATFORM}/lib"));
     }
 }

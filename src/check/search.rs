@@ -44,6 +44,13 @@ pub(crate) fn expand(text: &[u8], tokens: &Tokens) -> Vec<u8> {
     out
 }
 
+/// Whether a search path may hold a token other than `$ORIGIN` (`$LIB`, `$PLATFORM`), whose
+/// value depends on the interpreter.
+pub(crate) fn has_interpreter_tokens(raw: &[u8]) -> bool {
+    let has = |token: &[u8]| raw.windows(token.len()).any(|w| w == token);
+    raw.contains(&b'$') && (has(b"LIB") || has(b"PLATFORM"))
+}
+
 /// The length of token `name` at the start of `input` (just after a `$`): `NAME` not followed by
 /// an identifier character, or `{NAME}`.
 fn token_len(input: &[u8], name: &str) -> Option<usize> {
@@ -119,5 +126,13 @@ mod tests {
     fn ld_library_path_also_splits_at_semicolons() {
         let dirs = search_dirs(b"/a;/b:/c", b":;", &tokens());
         assert_eq!(dirs.len(), 3);
+    }
+
+    #[test]
+    fn only_lib_and_platform_tokens_depend_on_the_interpreter() {
+        assert!(!has_interpreter_tokens(b"$ORIGIN/../lib:/usr/lib"));
+        assert!(!has_interpreter_tokens(b"/opt/LIB"));
+        assert!(has_interpreter_tokens(b"$ORIGIN/../$LIB"));
+        assert!(has_interpreter_tokens(b"/opt/${PLATFORM}/lib"));
     }
 }

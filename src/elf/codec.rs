@@ -83,6 +83,13 @@ impl Codec {
         }
     }
 
+    pub fn shdr_size(self) -> usize {
+        match self.class {
+            Class::Elf32 => 40,
+            Class::Elf64 => 64,
+        }
+    }
+
     pub fn dyn_size(self) -> usize {
         2 * self.word_size()
     }

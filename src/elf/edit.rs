@@ -3,7 +3,7 @@
 
 use super::error::ElfError;
 use super::read::{
-    Class, DT_NEEDED, DT_NULL, DT_RPATH, DT_RUNPATH, DT_SONAME, DT_STRSZ, DT_STRTAB, DynEntry, Elf,
+    DT_NEEDED, DT_NULL, DT_RPATH, DT_RUNPATH, DT_SONAME, DT_STRSZ, DT_STRTAB, DynEntry, Elf,
     RunPathKind, STRING_TAGS,
 };
 use super::region::{self, Growth};
@@ -155,7 +155,8 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
             "a segment or loaded section runs past the end of the file",
         ));
     }
-    if structures_overlap(elf) {
+    let version_spans = elf.version_table_spans();
+    if structures_overlap(elf, &version_spans) {
         return Err(ElfError::malformed(
             "the headers, interpreter, dynamic section, string table, symbol versions or section headers overlap",
         ));
@@ -165,11 +166,7 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
             "records of the symbol version tables overlap one another",
         ));
     }
-    if region::find(elf).is_some_and(|r| {
-        elf.version_table_spans()
-            .into_iter()
-            .any(|span| r.rebuilt_part_meets(span))
-    }) {
+    if region::find(elf).is_some_and(|r| version_spans.iter().any(|&s| r.rebuilt_part_meets(s))) {
         return Err(ElfError::malformed(
             "the symbol versions lie in the part of the growth region an edit rebuilds",
         ));
@@ -194,14 +191,10 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
 
 /// Whether the ranges an edit may write in place overlap, as in no well-formed file: writing
 /// one would clobber another.
-fn structures_overlap(elf: &Elf) -> bool {
+fn structures_overlap(elf: &Elf, version_spans: &[(u64, u64)]) -> bool {
     let c = elf.codec();
-    let ehdr = match elf.class {
-        Class::Elf32 => 52,
-        Class::Elf64 => 64,
-    };
     let mut ranges = vec![
-        (0, ehdr),
+        (0, c.ehdr_size() as u64),
         (elf.phoff, (elf.segments.len() * c.phdr_size()) as u64),
     ];
     ranges.extend(elf.interp_segment().map(|s| (s.offset, s.filesz)));
@@ -216,14 +209,10 @@ fn structures_overlap(elf: &Elf) -> bool {
             .map(|t| (t.offset, t.bytes.len() as u64)),
     );
     // The editor reads the names they hold and renames `vn_file`.
-    ranges.extend(elf.version_table_spans());
+    ranges.extend_from_slice(version_spans);
     // Growth rewrites the placement of moved sections in their headers.
-    let shdr = match elf.class {
-        Class::Elf32 => 40,
-        Class::Elf64 => 64,
-    };
     ranges.extend(elf.sections.last().map(|last| {
-        let end = last.header_offset.saturating_add(shdr);
+        let end = last.header_offset.saturating_add(c.shdr_size() as u64);
         (elf.shoff, end.saturating_sub(elf.shoff))
     }));
     ranges.retain(|r| r.1 > 0);
