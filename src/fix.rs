@@ -219,10 +219,7 @@ fn restat(scanned: ScanResult) -> ScanResult {
         if !meta.is_file() {
             continue;
         }
-        let id = InodeId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
+        let id = InodeId::of(&meta);
         by_inode
             .entry(id)
             .or_insert_with(|| Inode {

@@ -15,12 +15,27 @@ use walkdir::WalkDir;
 use crate::elf::Elf;
 pub use mapped::{MappedFile, open_nonblocking, open_regular};
 
+/// A file's identity on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InodeId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl InodeId {
+    pub fn of(meta: &fs::Metadata) -> InodeId {
+        InodeId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
 /// A file's identity and version: its inode, and the size and times that change with its
 /// content. Equal versions are the same content, as far as metadata can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileVersion {
-    dev: u64,
-    ino: u64,
+    id: InodeId,
     len: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
@@ -29,20 +44,12 @@ pub struct FileVersion {
 impl FileVersion {
     pub fn of(meta: &fs::Metadata) -> FileVersion {
         FileVersion {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            id: InodeId::of(meta),
             len: meta.len(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             ctime: (meta.ctime(), meta.ctime_nsec()),
         }
     }
-}
-
-/// A file's identity on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InodeId {
-    pub dev: u64,
-    pub ino: u64,
 }
 
 /// One inode and its names inside the roots, sorted.
@@ -133,10 +140,7 @@ struct Stat {
 impl Stat {
     fn of(meta: &fs::Metadata) -> Stat {
         Stat {
-            id: InodeId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
+            id: InodeId::of(meta),
             nlink: meta.nlink(),
             len: meta.len(),
             mode: meta.mode() & 0o7777,
@@ -283,10 +287,7 @@ pub fn links_named(
         .filter(|link| link.file_name().is_some_and(|n| names.contains(n)))
         .filter_map(|link| {
             let meta = fs::metadata(link).ok()?;
-            let id = InodeId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            };
+            let id = InodeId::of(&meta);
             (meta.is_file() && ids.contains(&id)).then(|| (link.clone(), id))
         })
         .collect()
@@ -372,13 +373,7 @@ mod tests {
         );
         assert_eq!(inode.nlink, 2);
         let meta = fs::metadata(root.join("b/lib/libx.so")).unwrap();
-        assert_eq!(
-            inode.id,
-            InodeId {
-                dev: meta.dev(),
-                ino: meta.ino()
-            }
-        );
+        assert_eq!(inode.id, InodeId::of(&meta));
     }
 
     #[test]
