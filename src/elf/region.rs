@@ -335,9 +335,10 @@ pub(crate) fn grow(
         apply_field_writes(region, &layout, &relocate, &growth.field_writes);
 
     let tail = reuse.as_ref().and_then(|r| tail_move(elf, r, &layout));
+    // `None` for an offset that would pass the top of the address space (a damaged header's).
     let shift = |offset: u64| match tail {
-        Some(t) if offset >= t.from => offset - t.from + t.to,
-        _ => offset,
+        Some(t) if offset >= t.from => (offset - t.from).checked_add(t.to),
+        _ => Some(offset),
     };
 
     // New data first, then what points at it: the program headers switch to the region, and
@@ -376,10 +377,13 @@ pub(crate) fn grow(
         offset: c.ehdr_phnum(),
         bytes: c.u16(segments.len() as u16).to_vec(),
     });
-    if elf.shoff != 0 && shift(elf.shoff) != elf.shoff {
+    let shoff = shift(elf.shoff).ok_or_else(|| {
+        ElfError::malformed("the section header table would run past the end of the address space")
+    })?;
+    if elf.shoff != 0 && shoff != elf.shoff {
         writes.push(Write {
             offset: c.ehdr_shoff(),
-            bytes: c.word(shift(elf.shoff)),
+            bytes: c.word(shoff),
         });
     }
     if interp.is_none()
@@ -867,13 +871,19 @@ fn section_header_writes(
     layout: &Layout,
     moved: &MovedSections,
     relocate: &Relocation,
-    shift: &dyn Fn(u64) -> u64,
+    shift: &dyn Fn(u64) -> Option<u64>,
 ) -> Result<Vec<Write>, ElfError> {
     let c = elf.codec();
     let old_strtab = elf.strtab.as_ref().map(|t| t.vaddr);
     let old_interp = elf.interp_segment().map(|s| s.vaddr);
     let mut writes = Vec::new();
     for s in &elf.sections {
+        let past_top = || {
+            ElfError::malformed(format!(
+                "section {} would run past the end of the address space once moved",
+                s.index
+            ))
+        };
         let rebuilt = if s.addr != 0 && s.sh_type == SHT_STRTAB && Some(s.addr) == old_strtab {
             moved.strtab
         } else if s.sh_type == SHT_DYNAMIC {
@@ -890,19 +900,17 @@ fn section_header_writes(
                 (i128::from(s.offset) + off) as u64,
                 s.size,
             ),
-            _ => (s.addr, shift(s.offset), s.size),
+            _ => (s.addr, shift(s.offset).ok_or_else(past_top)?, s.size),
         };
         // A size that reaches the top of the address space from the old place may pass it from
         // the new one, and no reader accepts that.
         if placed.0.checked_add(placed.2).is_none() || placed.1.checked_add(placed.2).is_none() {
-            return Err(ElfError::malformed(format!(
-                "section {} would run past the end of the address space once moved",
-                s.index
-            )));
+            return Err(past_top());
         }
-        if placed != (s.addr, s.offset, s.size) || shift(s.header_offset) != s.header_offset {
+        let header_offset = shift(s.header_offset).ok_or_else(past_top)?;
+        if placed != (s.addr, s.offset, s.size) || header_offset != s.header_offset {
             writes.push(Write {
-                offset: shift(s.header_offset) + c.shdr_addr(),
+                offset: header_offset + c.shdr_addr(),
                 bytes: c.shdr_placement(placed.0, placed.1, placed.2),
             });
         }
