@@ -7,6 +7,7 @@ pub mod cli;
 pub mod conda;
 pub mod config;
 pub mod elf;
+mod fastmap;
 pub mod fix;
 pub mod journal;
 pub mod pip;

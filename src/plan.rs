@@ -2,7 +2,7 @@
 //! with every needed library's provider and the reason it was chosen.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use globset::GlobSet;
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::conda::CondaPrefix;
 use crate::elf::{Class, ET_DYN, Elf, RunPathKind, VersionNeed};
+use crate::fastmap::FastMap;
 use crate::pip::PipSite;
 use crate::resolve::{
     DefinedVersions, FileToResolve, Needed, PrefixLib, PrefixLibs, Resolution, Resolver,
@@ -194,7 +195,7 @@ impl Prefix {
 pub struct DirFacts {
     roots: Vec<PathBuf>,
     /// Directory → (is an environment root, is an extracted package of a package cache).
-    dirs: HashMap<PathBuf, (bool, bool)>,
+    dirs: FastMap<OsString, (bool, bool)>,
 }
 
 impl DirFacts {
@@ -206,15 +207,15 @@ impl DirFacts {
     }
 
     fn new(roots: &[PathBuf], paths: impl Iterator<Item = PathBuf>) -> DirFacts {
-        let mut dirs = HashMap::new();
+        let mut dirs = FastMap::default();
         for path in paths {
             for dir in path.ancestors().skip(1) {
-                if dirs.contains_key(dir) {
+                if dirs.contains_key(dir.as_os_str()) {
                     break;
                 }
                 let env = dir.join("conda-meta").is_dir() || dir.join("pyvenv.cfg").is_file();
                 let package = !env && dir.join("info/index.json").is_file();
-                dirs.insert(dir.to_path_buf(), (env, package));
+                dirs.insert(dir.as_os_str().to_owned(), (env, package));
             }
         }
         DirFacts {
@@ -234,7 +235,7 @@ impl DirFacts {
             .cloned()
             .unwrap_or_else(|| path.parent().unwrap_or(Path::new("/")).to_path_buf());
         for dir in path.ancestors().skip(1) {
-            if self.dirs.get(dir).is_some_and(|d| d.0) {
+            if self.dirs.get(dir.as_os_str()).is_some_and(|d| d.0) {
                 return dir.to_path_buf();
             }
             if dir == root {
@@ -252,7 +253,7 @@ impl DirFacts {
     fn in_package_cache(&self, path: &Path) -> bool {
         path.ancestors()
             .skip(1)
-            .any(|dir| self.dirs.get(dir).is_some_and(|d| d.1))
+            .any(|dir| self.dirs.get(dir.as_os_str()).is_some_and(|d| d.1))
     }
 
     /// The name an inode is planned under: one inside an environment rather than a package

@@ -41,10 +41,7 @@ pub use hints::{DirHints, Hints, NoHints};
 pub use loader::{DefaultDirs, Loader, LoaderConfig};
 pub use report::{FileReport, Problem, ProblemKind, Resolved, Via};
 
-/// A map for the checker's caches and sessions, with a fast hash (seeded per process): a check
-/// hashes thousands of paths and names.
-type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+use crate::fastmap::{FastMap, FastSet};
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere cannot leave a cache map half-written; keep using it.

@@ -10,7 +10,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use walkdir::WalkDir;
 
 use crate::elf::Elf;
 pub use mapped::{MappedFile, open_nonblocking, open_regular};
@@ -80,12 +79,17 @@ pub struct ScanResult {
 
 /// Walks `roots` without following symlinks and collects ELF files and in-root symlinks.
 pub fn scan(roots: &[PathBuf]) -> ScanResult {
-    let mut result = ScanResult::default();
-    let mut listed = Vec::new();
-    let mut links = Vec::new();
-    for root in roots {
-        walk_root(root, &mut result, &mut listed, &mut links);
-    }
+    let walked = roots
+        .par_iter()
+        .map(|root| walk_root(root))
+        .reduce(Walked::default, Walked::merge);
+    let mut result = ScanResult {
+        entries: walked.entries,
+        errors: walked.errors,
+        ..ScanResult::default()
+    };
+    let mut listed = walked.files;
+    let links = walked.links;
     // Hard links (a conda environment is mostly links into the package cache) are read once:
     // sorted by the inode the directory listing gives, each run of names shares one reading.
     listed.sort_unstable_by_key(|(_, id)| *id);
@@ -219,57 +223,112 @@ fn stat_elf_name(path: &Path, first: Stat) -> Examined {
     }
 }
 
-/// The directory listing's identity of each regular file (no `stat`: the inode number comes
-/// with the listing and the device is its directory's), and the symlinks.
-fn walk_root(
-    root: &Path,
-    result: &mut ScanResult,
-    listed: &mut Vec<(PathBuf, InodeId)>,
-    links: &mut Vec<PathBuf>,
-) {
-    use walkdir::DirEntryExt;
-    // The device of the directory at each depth of the walk's current path.
-    let mut devices: Vec<Option<u64>> = Vec::new();
-    for entry in WalkDir::new(root).follow_links(false) {
-        result.entries += 1;
+/// What walking part of a tree found.
+#[derive(Default)]
+struct Walked {
+    entries: usize,
+    /// Regular files, with the identity the directory listing gives them.
+    files: Vec<(PathBuf, InodeId)>,
+    links: Vec<PathBuf>,
+    errors: Vec<(PathBuf, String)>,
+}
+
+impl Walked {
+    fn merge(mut self, mut other: Walked) -> Walked {
+        self.entries += other.entries;
+        self.files.append(&mut other.files);
+        self.links.append(&mut other.links);
+        self.errors.append(&mut other.errors);
+        self
+    }
+
+    fn failed(path: &Path, err: &std::io::Error) -> Walked {
+        Walked {
+            entries: 1,
+            errors: vec![(
+                path.to_path_buf(),
+                format!("cannot read: {err}; {}", crate::apply::advice(err)),
+            )],
+            ..Walked::default()
+        }
+    }
+}
+
+/// The directory listing's identity of each regular file under `root` (no `stat`: the inode
+/// number comes with the listing and the device is its directory's), and the symlinks. A root
+/// that is a symlink is followed; nothing below it is.
+fn walk_root(root: &Path) -> Walked {
+    let meta = match fs::metadata(root) {
+        Ok(meta) => meta,
+        Err(err) => return Walked::failed(root, &err),
+    };
+    let mut walked = Walked {
+        entries: 1,
+        ..Walked::default()
+    };
+    if meta.is_dir() {
+        return walked.merge(walk_dir(root, Some(meta.dev())));
+    }
+    if meta.is_file() && !is_own_temp_file(root) {
+        // A file root is read with its own device (0 here), with its content.
+        let id = InodeId {
+            dev: 0,
+            ino: meta.ino(),
+        };
+        walked.files.push((root.to_path_buf(), id));
+    }
+    walked
+}
+
+/// Walks `dir`, whose device is `dev` when known, its subdirectories in parallel: a prefix has
+/// thousands of directories, and each listing waits on the filesystem.
+fn walk_dir(dir: &Path, dev: Option<u64>) -> Walked {
+    use std::os::unix::fs::DirEntryExt;
+    let listing = match fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(err) => return Walked::failed(dir, &err),
+    };
+    let mut walked = Walked::default();
+    let mut subdirs = Vec::new();
+    for entry in listing {
+        walked.entries += 1;
         let entry = match entry {
-            Ok(e) => e,
+            Ok(entry) => entry,
             Err(err) => {
-                let path = err.path().unwrap_or(root).to_path_buf();
-                let advice = err.io_error().map_or(
-                    "fix the cause and run autopatch again",
-                    crate::apply::advice,
-                );
-                result
-                    .errors
-                    .push((path, format!("cannot read: {err}; {advice}")));
+                walked = walked.merge(Walked::failed(dir, &err));
                 continue;
             }
         };
         let path = entry.path();
-        let file_type = entry.file_type();
+        let file_type = match entry.file_type() {
+            Ok(file_type) => file_type,
+            Err(err) => {
+                walked = walked.merge(Walked::failed(&path, &err));
+                continue;
+            }
+        };
         if file_type.is_dir() {
-            devices.truncate(entry.depth());
-            devices.push(entry.metadata().ok().map(|m| m.dev()));
+            subdirs.push(path);
         } else if file_type.is_symlink() {
-            links.push(path.to_path_buf());
-        } else if file_type.is_file() && !is_own_temp_file(path) {
-            let parent = entry.depth().checked_sub(1).and_then(|d| devices.get(d));
-            let dev = match parent {
-                Some(Some(dev)) => *dev,
-                // A file root, or a directory that could not be stat'ed: the file's own device
-                // is read with its content.
-                _ => 0,
+            walked.links.push(path);
+        } else if file_type.is_file() && !is_own_temp_file(&path) {
+            // A directory that could not be stat'ed: the file's own device is read with its
+            // content.
+            let id = InodeId {
+                dev: dev.unwrap_or(0),
+                ino: entry.ino(),
             };
-            listed.push((
-                path.to_path_buf(),
-                InodeId {
-                    dev,
-                    ino: entry.ino(),
-                },
-            ));
+            walked.files.push((path, id));
         }
     }
+    subdirs
+        .into_par_iter()
+        .map(|sub| {
+            let dev = fs::symlink_metadata(&sub).ok().map(|m| m.dev());
+            walk_dir(&sub, dev)
+        })
+        .reduce(Walked::default, Walked::merge)
+        .merge(walked)
 }
 
 /// Of `links`, those named one of `names` that lead to one of `elf_inodes`, with that inode:
