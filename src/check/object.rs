@@ -58,7 +58,7 @@ pub(crate) struct ObjectInfo {
     pub is_static: bool,
     pub is_separate_debug: bool,
     /// Its run path as directories, when it has no tokens to expand.
-    plain_dirs: OnceLock<Arc<[PathBuf]>>,
+    plain_dirs: OnceLock<Vec<PathBuf>>,
     /// Whether its run path has `$LIB` or `$PLATFORM`, which depend on the interpreter.
     run_path_has_interpreter_tokens: bool,
     /// Its run path as directories with only `$ORIGIN` to expand, by origin: a library is
@@ -118,15 +118,14 @@ impl ObjectInfo {
     }
 
     /// `raw`, its serving run path without tokens, as directories: split once.
-    pub fn plain_search_dirs(&self, raw: &[u8]) -> Arc<[PathBuf]> {
+    pub fn plain_search_dirs(&self, raw: &[u8]) -> &[PathBuf] {
         let no_tokens = Tokens {
             origin: Path::new(""),
             lib: "",
             platform: "",
         };
         self.plain_dirs
-            .get_or_init(|| search_dirs(raw, b":", &no_tokens).into())
-            .clone()
+            .get_or_init(|| search_dirs(raw, b":", &no_tokens))
     }
 
     /// `raw`, its serving run path, as directories with `tokens` expanded. A path whose only

@@ -67,15 +67,14 @@ impl Loaded {
     /// The directories of its run path of `kind`, if it has one that serves (an object has one
     /// at most: a `DT_RUNPATH` hides its `DT_RPATH`). One without tokens is the same wherever
     /// the object lies and is expanded once for every check.
-    fn search_dirs(&self, kind: RunPathKind, tokens: &Tokens) -> Option<Arc<[PathBuf]>> {
+    fn search_dirs(&self, kind: RunPathKind, tokens: &Tokens) -> Option<&[PathBuf]> {
         let raw = self.object.search_path(kind)?;
         if !raw.contains(&b'$') {
             return Some(self.object.plain_search_dirs(raw));
         }
         Some(
             self.dirs
-                .get_or_init(|| self.object.search_dirs_with(raw, tokens))
-                .clone(),
+                .get_or_init(|| self.object.search_dirs_with(raw, tokens)),
         )
     }
 
@@ -148,9 +147,10 @@ pub(super) struct Session<'a, 'h> {
     setup: &'a Setup,
     shown: &'a Shown,
     loaded: Vec<Loaded>,
-    /// Each name a loaded object matches (see [`Loaded::match_names`]), to the first object
-    /// loaded that matches it.
-    by_name: FastMap<Vec<u8>, usize>,
+    /// The hash of each name a loaded object matches (see [`Loaded::match_names`]), to the
+    /// first object loaded that has a name of that hash: names are looked up far more often
+    /// than objects are added, and hashing spares a copy of each.
+    by_name: FastMap<u64, usize>,
     queue: VecDeque<usize>,
     /// Names searched for in vain; the loader does not search for them again.
     unfound: FastSet<String>,
@@ -206,7 +206,7 @@ impl<'a, 'h> Session<'a, 'h> {
     fn push(&mut self, entry: Loaded) {
         let index = self.loaded.len();
         for name in entry.match_names() {
-            self.by_name.entry(name.to_vec()).or_insert(index);
+            self.by_name.entry(name_hash(name)).or_insert(index);
         }
         self.loaded.push(entry);
     }
@@ -224,37 +224,48 @@ impl<'a, 'h> Session<'a, 'h> {
     }
 
     fn need(&mut self, needer: usize, raw: &str) {
+        let expanded;
         let name = if raw.contains('$') {
-            lossy(&expand(raw.as_bytes(), &self.tokens(needer)))
+            expanded = lossy(&expand(raw.as_bytes(), &self.tokens(needer)));
+            expanded.as_str()
         } else {
-            raw.to_string()
+            raw
         };
-        if let Some(index) = self.find_loaded(&name) {
-            self.join_load_order(index, &name);
+        if let Some(index) = self.find_loaded(name) {
+            self.join_load_order(index, name);
             return;
         }
-        if self.unfound.contains(&name) {
+        if self.unfound.contains(name) {
             return;
         }
-        match self.lookup(needer, &name, &mut Trail::default()) {
-            Some(Hit::Found { path, object, via }) => self.add(needer, name, path, object, via),
+        match self.lookup(needer, name, &mut Trail::default()) {
+            Some(Hit::Found { path, object, via }) => {
+                self.add(needer, name.to_string(), path, object, via);
+            }
             Some(Hit::Refused { path, why }) => {
-                self.unfound.insert(name.clone());
-                self.refused(needer, &name, &path, &why);
+                self.unfound.insert(name.to_string());
+                self.refused(needer, name, &path, &why);
             }
             None => {
-                self.unfound.insert(name.clone());
+                self.unfound.insert(name.to_string());
                 let mut trail = Trail::recording();
-                self.lookup(needer, &name, &mut trail);
-                self.not_found(needer, &name, &trail);
+                self.lookup(needer, name, &mut trail);
+                self.not_found(needer, name, &trail);
             }
         }
     }
 
     /// An already loaded object matching `name`: by a name it was asked for, the path it was
-    /// opened at, or its soname.
+    /// opened at, or its soname. The first object with a name of that hash answers, unless two
+    /// names share a hash; then every object is compared.
     fn find_loaded(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name.as_bytes()).copied()
+        let name = name.as_bytes();
+        let matches = |l: &Loaded| l.match_names().any(|n| n == name);
+        let &first = self.by_name.get(&name_hash(name))?;
+        if matches(&self.loaded[first]) {
+            return Some(first);
+        }
+        self.loaded.iter().position(matches)
     }
 
     fn join_load_order(&mut self, index: usize, name: &str) {
@@ -280,7 +291,7 @@ impl<'a, 'h> Session<'a, 'h> {
             .position(|l| Arc::ptr_eq(&l.object, &object))
         {
             self.by_name
-                .entry(name.clone().into_bytes())
+                .entry(name_hash(name.as_bytes()))
                 .or_insert(index);
             self.loaded[index].names.push(name.clone());
             self.join_load_order(index, &name);
@@ -302,34 +313,33 @@ impl<'a, 'h> Session<'a, 'h> {
     /// The search of `_dl_map_object` for a dependency of `needer`.
     fn lookup(&mut self, needer: usize, name: &str, trail: &mut Trail) -> Option<Hit> {
         if name.contains('/') {
-            return self.try_path(Path::new(name), Via::Path, trail);
+            return self.try_path(Path::new(name), &|| Via::Path, trail);
         }
         let object = self.loaded[needer].object.clone();
         // An object with a RUNPATH ignores every RPATH, its loaders' included.
         if !object.has_runpath() {
             let mut next = Some(needer);
             while let Some(owner) = next {
-                next = self.loaded[owner].loaded_by;
-                let owner_object = self.loaded[owner].object.clone();
-                let Some(rpath) = owner_object.search_path(RunPathKind::RPath) else {
+                let loaded = &self.loaded[owner];
+                next = loaded.loaded_by;
+                let Some(rpath) = loaded.object.search_path(RunPathKind::RPath) else {
                     continue;
                 };
-                let Some(dirs) =
-                    self.loaded[owner].search_dirs(RunPathKind::RPath, &self.tokens(owner))
-                else {
+                let Some(dirs) = loaded.search_dirs(RunPathKind::RPath, &self.tokens(owner)) else {
                     continue;
                 };
                 // Named only in the message of a failed search.
                 let inherited = (trail.recording && owner != needer)
-                    .then(|| self.loaded[owner].shown(self.shown).to_string());
+                    .then(|| loaded.shown(self.shown).to_string());
                 let place = || match &inherited {
                     None => format!("RPATH [{}]", lossy(rpath)),
                     Some(of) => format!("RPATH [{}] of {of}", lossy(rpath)),
                 };
-                let via = Via::Rpath {
-                    owner: self.loaded[owner].path.clone(),
+                note_relative_entries(&mut self.report, dirs, &place, trail);
+                let via = || Via::Rpath {
+                    owner: loaded.path.clone(),
                 };
-                if let Some(hit) = self.search(&dirs, name, via, &place, trail) {
+                if let Some(hit) = self.search(dirs, name, &via, &place, trail) {
                     return Some(hit);
                 }
             }
@@ -342,17 +352,19 @@ impl<'a, 'h> Session<'a, 'h> {
                 .flat_map(|e| search_dirs(e.as_os_str().as_bytes(), b"", &tokens))
                 .collect();
             let place = || format!("LD_LIBRARY_PATH [{}]", join_dirs(entries));
-            if let Some(hit) = self.search(&dirs, name, Via::LdLibraryPath, &place, trail) {
+            note_relative_entries(&mut self.report, &dirs, &place, trail);
+            if let Some(hit) = self.search(&dirs, name, &|| Via::LdLibraryPath, &place, trail) {
                 return Some(hit);
             }
         }
         if let Some(runpath) = object.search_path(RunPathKind::RunPath) {
-            let tokens = self.tokens(needer);
-            let dirs = self.loaded[needer]
-                .search_dirs(RunPathKind::RunPath, &tokens)
+            let loaded = &self.loaded[needer];
+            let dirs = loaded
+                .search_dirs(RunPathKind::RunPath, &self.tokens(needer))
                 .unwrap_or_default();
             let place = || format!("RUNPATH [{}]", lossy(runpath));
-            if let Some(hit) = self.search(&dirs, name, Via::Runpath, &place, trail) {
+            note_relative_entries(&mut self.report, dirs, &place, trail);
+            if let Some(hit) = self.search(dirs, name, &|| Via::Runpath, &place, trail) {
                 return Some(hit);
             }
         }
@@ -371,7 +383,7 @@ impl<'a, 'h> Session<'a, 'h> {
             let fits = |flags| host::cache_flags_fit(setup.machine, setup.class, flags);
             if let Some(cached) = cache.lookup(name, fits, setup.hwcaps)
                 && !(nodeflib && setup.default_dirs.iter().any(|d| cached.starts_with(d)))
-                && let Some(hit) = self.try_path(cached, Via::LdCache, trail)
+                && let Some(hit) = self.try_path(cached, &|| Via::LdCache, trail)
             {
                 return Some(hit);
             }
@@ -380,43 +392,48 @@ impl<'a, 'h> Session<'a, 'h> {
             return None;
         }
         let place = || format!("the default dirs [{}]", join_dirs(&setup.default_dirs));
-        self.search(&setup.default_dirs, name, Via::DefaultDirs, &place, trail)
+        note_relative_entries(&mut self.report, &setup.default_dirs, &place, trail);
+        self.search(
+            &setup.default_dirs,
+            name,
+            &|| Via::DefaultDirs,
+            &place,
+            trail,
+        )
     }
 
     /// Looks for `name` in each of `dirs`, trying each one's `glibc-hwcaps` subdirectories first.
     fn search(
-        &mut self,
+        &self,
         dirs: &[PathBuf],
         name: &str,
-        via: Via,
+        via: &dyn Fn() -> Via,
         place: &dyn Fn() -> String,
         trail: &mut Trail,
     ) -> Option<Hit> {
-        // Noted on the first run of a search only: a failed one runs again to record its trail.
-        if !trail.recording && dirs.iter().any(|d| d.is_relative()) {
-            self.report.note(format!(
-                "{} has an entry relative to the current directory, so what it finds depends on where the program is started",
-                place()
-            ));
-        }
         trail.place(place);
+        // One buffer for every place tried: most are tried in vain.
+        let mut path = PathBuf::new();
         for dir in dirs {
             if self.loader.objects.has_hwcaps_subdirs(dir) {
                 for hwcap in self.setup.hwcaps {
                     let path = dir.join("glibc-hwcaps").join(hwcap).join(name);
-                    if let Some(hit) = self.try_path(&path, via.clone(), trail) {
+                    if let Some(hit) = self.try_path(&path, via, trail) {
                         return Some(hit);
                     }
                 }
             }
-            if let Some(hit) = self.try_path(&dir.join(name), via.clone(), trail) {
+            path.as_mut_os_string().clear();
+            path.push(dir);
+            path.push(name);
+            if let Some(hit) = self.try_path(&path, via, trail) {
                 return Some(hit);
             }
         }
         None
     }
 
-    fn try_path(&self, path: &Path, via: Via, trail: &mut Trail) -> Option<Hit> {
+    fn try_path(&self, path: &Path, via: &dyn Fn() -> Via, trail: &mut Trail) -> Option<Hit> {
         match self.candidate(path) {
             Candidate::Missing => None,
             Candidate::Skipped(why) => {
@@ -430,7 +447,7 @@ impl<'a, 'h> Session<'a, 'h> {
             Candidate::Usable(object) => Some(Hit::Found {
                 path: path.to_path_buf(),
                 object,
-                via,
+                via: via(),
             }),
         }
     }
@@ -541,6 +558,28 @@ impl<'a, 'h> Session<'a, 'h> {
             }
         }
     }
+}
+
+/// Notes that a search path has an entry relative to the current directory; on the first run
+/// of a search only, as a failed one runs again to record its trail.
+fn note_relative_entries(
+    report: &mut FileReport,
+    dirs: &[PathBuf],
+    place: &dyn Fn() -> String,
+    trail: &Trail,
+) {
+    if !trail.recording && dirs.iter().any(|d| d.is_relative()) {
+        report.note(format!(
+            "{} has an entry relative to the current directory, so what it finds depends on where the program is started",
+            place()
+        ));
+    }
+}
+
+/// The hash a name is indexed by in a session.
+fn name_hash(name: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(name)
 }
 
 fn join_dirs(dirs: &[PathBuf]) -> String {
