@@ -334,11 +334,7 @@ fn lock_dirs(
     facts: &DirFacts,
 ) -> Result<Locked, FixError> {
     let root_dirs = roots_as_dirs(roots).into_iter();
-    let prefixes = scanned
-        .elf_inodes
-        .iter()
-        .flat_map(|i| &i.names)
-        .map(|n| facts.prefix_of(n));
+    let prefixes = facts.prefixes_of(scanned.elf_inodes.iter().flat_map(|i| &i.names));
     let dirs: BTreeSet<PathBuf> = root_dirs.chain(prefixes).collect();
     let mut locked = Locked {
         dirs: Vec::new(),

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::conda::CondaPrefix;
 use crate::elf::{Class, ET_DYN, Elf, RunPathKind, VersionNeed};
-use crate::fastmap::FastMap;
+use crate::fastmap::{FastMap, FastSet};
 use crate::pip::PipSite;
 use crate::resolve::{
     DefinedVersions, FileToResolve, Needed, PrefixLib, PrefixLibs, Resolution, Resolver,
@@ -196,37 +196,76 @@ pub struct DirFacts {
     roots: Vec<PathBuf>,
     /// Directory → (is an environment root, is an extracted package of a package cache).
     dirs: FastMap<OsString, (bool, bool)>,
+    /// Directory of a file that is no root → (the file's prefix, whether it lies in a package
+    /// cache): both are the same for every file of a directory.
+    by_parent: FastMap<OsString, (PathBuf, bool)>,
 }
 
 impl DirFacts {
     /// Facts about the directories above every ELF file `scan` found under `roots`. (A symlink
     /// in a directory without one is placed by the nearest directory above it that has one.)
     pub fn of_scan(roots: &[PathBuf], scan: &ScanResult) -> DirFacts {
-        let names = scan.elf_inodes.iter().flat_map(|i| i.names.iter().cloned());
-        DirFacts::new(roots, names)
+        let names = scan.elf_inodes.iter().flat_map(|i| &i.names);
+        DirFacts::new(roots, names.map(PathBuf::as_path))
     }
 
-    fn new(roots: &[PathBuf], paths: impl Iterator<Item = PathBuf>) -> DirFacts {
-        let mut dirs = FastMap::default();
+    fn new<'p>(roots: &[PathBuf], paths: impl Iterator<Item = &'p Path>) -> DirFacts {
+        let mut facts = DirFacts {
+            roots: roots.to_vec(),
+            dirs: FastMap::default(),
+            by_parent: FastMap::default(),
+        };
+        // One file of each directory, whose answers serve the others.
+        let mut one_per_dir: FastMap<&OsStr, &Path> = FastMap::default();
         for path in paths {
+            if let Some(dir) = path.parent()
+                && !facts.is_root(path)
+            {
+                one_per_dir.entry(dir.as_os_str()).or_insert(path);
+            }
             for dir in path.ancestors().skip(1) {
-                if dirs.contains_key(dir.as_os_str()) {
+                if facts.dirs.contains_key(dir.as_os_str()) {
                     break;
                 }
                 let env = dir.join("conda-meta").is_dir() || dir.join("pyvenv.cfg").is_file();
                 let package = !env && dir.join("info/index.json").is_file();
-                dirs.insert(dir.as_os_str().to_owned(), (env, package));
+                facts
+                    .dirs
+                    .insert(dir.as_os_str().to_owned(), (env, package));
             }
         }
-        DirFacts {
-            roots: roots.to_vec(),
-            dirs,
-        }
+        let by_parent = one_per_dir
+            .into_iter()
+            .map(|(dir, path)| {
+                let answers = (facts.find_prefix(path), facts.find_in_package_cache(path));
+                (dir.to_owned(), answers)
+            })
+            .collect();
+        facts.by_parent = by_parent;
+        facts
+    }
+
+    fn is_root(&self, path: &Path) -> bool {
+        self.roots.iter().any(|r| r == path)
+    }
+
+    /// What is known of every file in the directory of `path`, unless `path` is a root.
+    fn parent_facts(&self, path: &Path) -> Option<&(PathBuf, bool)> {
+        let dir = path.parent()?;
+        let facts = self.by_parent.get(dir.as_os_str())?;
+        (!self.is_root(path)).then_some(facts)
     }
 
     /// The prefix a path belongs to: the nearest ancestor with `conda-meta/` or `pyvenv.cfg`,
     /// else the root it was found under.
     pub fn prefix_of(&self, path: &Path) -> PathBuf {
+        match self.parent_facts(path) {
+            Some((prefix, _)) => prefix.clone(),
+            None => self.find_prefix(path),
+        }
+    }
+
+    fn find_prefix(&self, path: &Path) -> PathBuf {
         let root = self
             .roots
             .iter()
@@ -248,9 +287,35 @@ impl DirFacts {
         root
     }
 
+    /// The prefixes of `names`, worked out once per directory: a prefix holds thousands of
+    /// files in a few hundred directories.
+    pub fn prefixes_of<'n>(&self, names: impl Iterator<Item = &'n PathBuf>) -> FastSet<PathBuf> {
+        let mut dirs_seen = FastSet::default();
+        let mut prefixes = FastSet::default();
+        for name in names {
+            // A root's own prefix depends on more than its directory.
+            let is_root = self.roots.contains(name);
+            if let Some(dir) = name.parent()
+                && !is_root
+                && !dirs_seen.insert(dir.as_os_str())
+            {
+                continue;
+            }
+            prefixes.insert(self.prefix_of(name));
+        }
+        prefixes
+    }
+
     /// Whether a path lies in an extracted package of a conda package cache (`pkgs/<pkg>/`):
     /// such files are patched through the environments that link them, not on their own.
     fn in_package_cache(&self, path: &Path) -> bool {
+        match self.parent_facts(path) {
+            Some(&(_, in_cache)) => in_cache,
+            None => self.find_in_package_cache(path),
+        }
+    }
+
+    fn find_in_package_cache(&self, path: &Path) -> bool {
         path.ancestors()
             .skip(1)
             .any(|dir| self.dirs.get(dir.as_os_str()).is_some_and(|d| d.1))
