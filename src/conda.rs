@@ -6,6 +6,7 @@
 //! extracted package in the package cache (`info/paths.json`, `info/index.json`).
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
+
+use crate::fastmap::FastMap;
 
 /// Why the conda metadata of a prefix could not be read or updated.
 #[derive(Debug, Error)]
@@ -96,8 +99,9 @@ pub struct CondaPrefix {
     prefix: PathBuf,
     /// Sorted by name.
     packages: Vec<Package>,
-    by_name: HashMap<String, usize>,
-    by_file: HashMap<PathBuf, usize>,
+    by_name: FastMap<String, usize>,
+    /// Installed file (its path relative to the prefix, as bytes) → package.
+    by_file: FastMap<OsString, usize>,
 }
 
 impl CondaPrefix {
@@ -116,13 +120,13 @@ impl CondaPrefix {
     }
 
     fn index(prefix: &Path, packages: Vec<Package>) -> CondaPrefix {
-        let mut by_name = HashMap::new();
-        let mut by_file = HashMap::new();
+        let mut by_name = FastMap::default();
+        let mut by_file = FastMap::default();
         for (i, package) in packages.iter().enumerate() {
             by_name.entry(package.name.clone()).or_insert(i);
             for file in &package.files {
                 // A file claimed twice (a clobber) stays with the first package by name.
-                by_file.entry(PathBuf::from(file)).or_insert(i);
+                by_file.entry(OsString::from(file)).or_insert(i);
             }
         }
         CondaPrefix {
@@ -150,7 +154,9 @@ impl CondaPrefix {
     pub fn owner_of(&self, path: impl AsRef<Path>) -> Option<&Package> {
         let path = path.as_ref();
         let relative = path.strip_prefix(&self.prefix).unwrap_or(path);
-        self.by_file.get(relative).map(|&i| &self.packages[i])
+        self.by_file
+            .get(relative.as_os_str())
+            .map(|&i| &self.packages[i])
     }
 
     /// Every package `name` depends on, directly or not, that is installed in the prefix

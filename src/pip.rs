@@ -6,8 +6,10 @@
 //! distribution even for files its RECORD does not list.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
@@ -107,14 +109,12 @@ fn site_packages_dirs(prefix: &Path) -> Result<Vec<PathBuf>> {
     let mut seen = HashSet::new();
     let mut sites = Vec::new();
     for lib in ["lib", "lib64"] {
-        for interpreter_dir in sorted_children(&prefix.join(lib))? {
-            let name = interpreter_dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy();
-            if !(name.starts_with("python") || name.starts_with("pypy")) {
-                continue;
-            }
+        let is_interpreter_dir = |name: &OsStr| {
+            [&b"python"[..], b"pypy"]
+                .iter()
+                .any(|p| name.as_bytes().starts_with(p))
+        };
+        for interpreter_dir in sorted_children(&prefix.join(lib), is_interpreter_dir)? {
             for site in ["site-packages", "dist-packages"] {
                 let dir = normalize(&interpreter_dir.join(site));
                 if dir.is_dir() && seen.insert(fs::canonicalize(&dir).unwrap_or(dir.clone())) {
@@ -127,14 +127,16 @@ fn site_packages_dirs(prefix: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn dist_info_dirs(site: &Path) -> Result<Vec<PathBuf>> {
-    Ok(sorted_children(site)?
+    let is_dist_info = |name: &OsStr| Path::new(name).extension() == Some(OsStr::new("dist-info"));
+    Ok(sorted_children(site, is_dist_info)?
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dist-info") && p.is_dir())
+        .filter(|p| p.is_dir())
         .collect())
 }
 
-/// Entries of `dir`, sorted; none when it does not exist.
-fn sorted_children(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Entries of `dir` whose name is `wanted`, sorted; none when it does not exist. (A `lib`
+/// directory holds hundreds of entries, of which a few are wanted.)
+fn sorted_children(dir: &Path, wanted: impl Fn(&OsStr) -> bool) -> Result<Vec<PathBuf>> {
     let read_error = |source| PipError::Read {
         path: dir.to_path_buf(),
         source,
@@ -148,10 +150,13 @@ fn sorted_children(dir: &Path) -> Result<Vec<PathBuf>> {
         }
         Err(e) => return Err(read_error(e)),
     };
-    let mut children = entries
-        .map(|e| e.map(|e| e.path()))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(read_error)?;
+    let mut children = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(read_error)?;
+        if wanted(&entry.file_name()) {
+            children.push(entry.path());
+        }
+    }
     children.sort();
     Ok(children)
 }

@@ -6,6 +6,7 @@ mod mapped;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -234,7 +235,11 @@ struct Walked {
 }
 
 impl Walked {
+    /// Both parts together, in no particular order: the smaller part is moved into the larger.
     fn merge(mut self, mut other: Walked) -> Walked {
+        if self.files.len() < other.files.len() {
+            std::mem::swap(&mut self, &mut other);
+        }
         self.entries += other.entries;
         self.files.append(&mut other.files);
         self.links.append(&mut other.links);
@@ -300,6 +305,10 @@ fn walk_dir(dir: &Path, dev: Option<u64>) -> Walked {
             }
         };
         let path = entry.path();
+        let is_own_temp_file = entry
+            .file_name()
+            .as_bytes()
+            .starts_with(TEMP_PREFIX.as_bytes());
         let file_type = match entry.file_type() {
             Ok(file_type) => file_type,
             Err(err) => {
@@ -311,7 +320,7 @@ fn walk_dir(dir: &Path, dev: Option<u64>) -> Walked {
             subdirs.push(path);
         } else if file_type.is_symlink() {
             walked.links.push(path);
-        } else if file_type.is_file() && !is_own_temp_file(&path) {
+        } else if file_type.is_file() && !is_own_temp_file {
             // A directory that could not be stat'ed: the file's own device is read with its
             // content.
             let id = InodeId {
@@ -352,11 +361,13 @@ pub fn links_named(
         .collect()
 }
 
+/// How the names of autopatch's temporary files begin.
+const TEMP_PREFIX: &str = ".autopatch-";
+
 /// Temporary files of an interrupted write: never treated as content.
 pub fn is_own_temp_file(path: &Path) -> bool {
     path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(".autopatch-"))
+        .is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
 }
 
 /// Whether the file at `path` starts with the ELF magic: four bytes read, never blocking on a
