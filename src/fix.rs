@@ -126,17 +126,30 @@ pub fn fix_scanned(
             apply::sync_filesystems(roots_as_dirs(roots).as_slice())
         })?;
     }
-    let mut old_records = Vec::new();
-    if options.update_records && !options.dry_run {
-        old_records = timed("conda records", || {
-            update_conda_records(&files, &recovered, &journals)
-        })?;
-    }
-    timed("journal", || journals.finish())?;
-    // The replaced records are freed while the files are checked.
-    let removal = std::thread::spawn(move || old_records.iter().for_each(remove_quietly));
-    if options.verify && !options.dry_run {
-        timed("verify", || verify(&mut files, &options.settings));
+    // The records are written while the files are checked: one writes conda-meta, the other
+    // reads the patched files, and each leaves the processors idle at times.
+    let (records, problems) = rayon::join(
+        || {
+            let mut old_records = Vec::new();
+            if options.update_records && !options.dry_run {
+                old_records = timed("conda records", || {
+                    update_conda_records(&files, &recovered, &journals)
+                })?;
+            }
+            timed("journal", || journals.finish())?;
+            // The replaced records are removed while the files are checked.
+            Ok::<_, FixError>(std::thread::spawn(move || {
+                old_records.iter().for_each(remove_quietly);
+            }))
+        },
+        || {
+            (options.verify && !options.dry_run)
+                .then(|| timed("verify", || verify(&files, &options.settings)))
+        },
+    );
+    let removal = records?;
+    for (file, problems) in files.iter_mut().zip(problems.into_iter().flatten()) {
+        file.load_problems = problems;
     }
     timed("old records removed", || removal.join()).expect("removing files does not panic");
     let mut summary = summarize(&files);
@@ -249,7 +262,7 @@ fn restat(scanned: ScanResult) -> ScanResult {
 /// Runs the loader simulation on every file that was written, as the given interpreter would
 /// load it: under one name in each prefix the file is linked into, as each finds its libraries
 /// in its own prefix.
-fn verify(files: &mut [FileResult], settings: &Settings) {
+fn verify(files: &[FileResult], settings: &Settings) -> Vec<Vec<LoadProblem>> {
     let store_dir = settings.store.map_or_else(
         || PathBuf::from("/nix/store"),
         |s| s.store_dir().to_path_buf(),
@@ -267,16 +280,18 @@ fn verify(files: &mut [FileResult], settings: &Settings) {
     })
     .with_hints(&hints);
     files
-        .par_iter_mut()
-        .filter(|f| f.patched.is_some())
-        .for_each(|f| {
+        .par_iter()
+        .map(|f| {
+            if f.patched.is_none() {
+                return Vec::new();
+            }
             let names: Vec<NameInPrefix> = f.plan.names_in_prefixes().collect();
-            let problems = names
+            names
                 .par_iter()
                 .flat_map_iter(|n| load_problems(&loader, n.path, n.prefix, settings))
-                .collect();
-            f.load_problems = problems;
-        });
+                .collect()
+        })
+        .collect()
 }
 
 /// What stops the loader from loading `path` in `prefix`, each problem under that name.
