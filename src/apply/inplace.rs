@@ -11,6 +11,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use memmap2::{Mmap, UncheckedAdvice};
 use rayon::prelude::*;
 
 use super::{ApplyError, PatchError, Patched, Staged};
@@ -113,8 +114,8 @@ pub fn prepare(
 ) -> Result<Prepared, PatchError> {
     let first = &names[0];
     // SAFETY: the write lease keeps every other process from opening the file while mapped.
-    let map = unsafe { memmap2::Mmap::map(&leased.file) }
-        .map_err(|e| PatchError::io(first, "cannot map", e))?;
+    let map =
+        unsafe { Mmap::map(&leased.file) }.map_err(|e| PatchError::io(first, "cannot map", e))?;
     let data: &[u8] = &map;
     let elf = Elf::parse(data).map_err(|e| PatchError::Elf(first.clone(), e))?;
     let Some(rewrite) = elf::plan(&elf, edits).map_err(|e| PatchError::Elf(first.clone(), e))?
@@ -126,7 +127,7 @@ pub fn prepare(
     };
     // Hashed before the write, from the original and the rewrite: the journal keeps it to tell
     // a later change by someone else.
-    let sha256 = want_hash.then(|| hash_rewritten(data, &rewrite));
+    let sha256 = want_hash.then(|| hash_rewritten(&map, &rewrite));
     before_write(&Staged {
         names,
         input: data,
@@ -225,14 +226,26 @@ impl InPlaceJob {
     }
 }
 
-/// SHA-256 (hex) of `rewrite` applied to `input`, a window at a time.
-fn hash_rewritten(input: &[u8], rewrite: &elf::Rewrite) -> String {
+/// SHA-256 (hex) of `rewrite` applied to the mapped `input`, a window at a time. The pages of
+/// each window are let go once hashed: mapped pages count in the process's memory, and a
+/// library can be hundreds of megabytes.
+fn hash_rewritten(input: &Mmap, rewrite: &elf::Rewrite) -> String {
     const WINDOW: u64 = 1 << 20;
     let mut hasher = super::Sha256::new();
     let mut at = 0;
     while at < rewrite.len {
         let end = (at + WINDOW).min(rewrite.len);
         hasher.update(&rewrite.window(input, at, end));
+        let (start, stop) = (
+            (at as usize).min(input.len()),
+            (end as usize).min(input.len()),
+        );
+        // SAFETY: `input` is a shared read-only mapping of a file under a write lease: dropping
+        // its pages only makes a later read fault them in again, with the same content.
+        let released =
+            unsafe { input.unchecked_advise_range(UncheckedAdvice::DontNeed, start, stop - start) };
+        // Keeping the pages is only a cost in memory.
+        drop(released);
         at = end;
     }
     hasher.hex()
