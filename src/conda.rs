@@ -12,6 +12,7 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use aho_corasick::AhoCorasick;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -204,13 +205,20 @@ struct RecordJson {
     build: Option<String>,
     depends: Option<Vec<String>>,
     files: Option<Vec<String>>,
-    /// Read only when `files` is missing: it lists the same paths, with much else.
-    paths_data: Option<Box<serde_json::value::RawValue>>,
+    /// Only noted, and read again when `files` is missing: it lists the same paths, with much
+    /// else, and makes up most of a record.
+    paths_data: Option<IgnoredAny>,
     link: Option<LinkJson>,
     extracted_package_dir: Option<String>,
     url: Option<String>,
     #[serde(rename = "fn")]
     file_name: Option<String>,
+}
+
+/// The `paths_data` of a record.
+#[derive(Debug, Deserialize)]
+struct RecordPathsJson {
+    paths_data: PathsJson,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,7 +243,11 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|source| CondaError::Parse {
+    parse_json(path, &bytes)
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| CondaError::Parse {
         path: path.to_path_buf(),
         source,
     })
@@ -253,7 +265,11 @@ fn read_cached_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
 }
 
 fn read_package(prefix: &Path, record_path: &Path) -> Result<Package> {
-    let record: RecordJson = read_json(record_path)?;
+    let bytes = fs::read(record_path).map_err(|source| CondaError::Read {
+        path: record_path.to_path_buf(),
+        source,
+    })?;
+    let record: RecordJson = parse_json(record_path, &bytes)?;
     let package_dir = find_package_dir(prefix, record_path, &record);
     let info = package_dir.as_ref().map(|d| d.join("info"));
     let incomplete_identity = record.name.is_none()
@@ -266,11 +282,8 @@ fn read_package(prefix: &Path, record_path: &Path) -> Result<Package> {
     };
     let files = match (record.files, record.paths_data, &info) {
         (Some(files), _, _) => files,
-        (None, Some(data), _) => serde_json::from_str::<PathsJson>(data.get())
-            .map_err(|source| CondaError::Parse {
-                path: record_path.to_path_buf(),
-                source,
-            })?
+        (None, Some(_), _) => parse_json::<RecordPathsJson>(record_path, &bytes)?
+            .paths_data
             .into_files(),
         (None, None, Some(info)) => read_cached_json::<PathsJson>(&info.join("paths.json"))
             .map(PathsJson::into_files)
