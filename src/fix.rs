@@ -128,25 +128,30 @@ pub fn fix_scanned(
     }
     // The records are written while the files are checked: one writes conda-meta, the other
     // reads the patched files, and each leaves the processors idle at times.
-    let (records, problems) = rayon::join(
-        || {
-            let mut old_records = Vec::new();
-            if options.update_records && !options.dry_run {
-                old_records = timed("conda records", || {
-                    update_conda_records(&files, &recovered, &journals)
-                })?;
-            }
-            timed("journal", || journals.finish())?;
-            // The replaced records are removed while the files are checked.
-            Ok::<_, FixError>(std::thread::spawn(move || {
-                old_records.iter().for_each(remove_quietly);
-            }))
-        },
-        || {
-            (options.verify && !options.dry_run)
-                .then(|| timed("verify", || verify(&files, &options.settings)))
-        },
-    );
+    let (records, problems) = timed("records and verify", || {
+        rayon::join(
+            || {
+                let mut old_records = Vec::new();
+                if options.update_records && !options.dry_run {
+                    old_records = timed("records and verify / conda records", || {
+                        update_conda_records(&files, &recovered, &journals)
+                    })?;
+                }
+                timed("records and verify / journal", || journals.finish())?;
+                // The replaced records are removed while the files are checked.
+                Ok::<_, FixError>(std::thread::spawn(move || {
+                    old_records.iter().for_each(remove_quietly);
+                }))
+            },
+            || {
+                (options.verify && !options.dry_run).then(|| {
+                    timed("records and verify / verify", || {
+                        verify(&files, &options.settings)
+                    })
+                })
+            },
+        )
+    });
     let removal = records?;
     for (file, problems) in files.iter_mut().zip(problems.into_iter().flatten()) {
         file.load_problems = problems;

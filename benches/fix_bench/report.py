@@ -187,9 +187,14 @@ def phases(log_file, start, end):
     if not rows:
         sys.exit("phases: the log has no phase times")
     total = end - start
-    rows.append(("start-up, store index, output", total - sum(secs for _, secs in rows)))
-    for label, secs in rows:
-        print(f"- {label}: {secs:.2f} s ({100 * secs / total:.0f}%)")
+    # "a / b" is part b of phase a, whose parts run side by side: only a counts in the sum.
+    phases = [(label, secs) for label, secs in rows if " / " not in label]
+    phases.append(("start-up, store index, output", total - sum(secs for _, secs in phases)))
+    for phase, secs in phases:
+        print(f"- {phase}: {secs:.2f} s ({100 * secs / total:.0f}%)")
+        for label, part in rows:
+            if label.startswith(phase + " / "):
+                print(f"  - {label[len(phase) + 3:]}: {part:.2f} s ({100 * part / total:.0f}%)")
     print(f"- total: {total:.2f} s")
 
 
