@@ -247,15 +247,19 @@ impl Walked {
         self
     }
 
+    /// A directory or root that could not be read: one entry, and why.
     fn failed(path: &Path, err: &std::io::Error) -> Walked {
-        Walked {
+        let mut walked = Walked {
             entries: 1,
-            errors: vec![(
-                path.to_path_buf(),
-                format!("cannot read: {err}; {}", crate::apply::advice(err)),
-            )],
             ..Walked::default()
-        }
+        };
+        walked.error(path, err);
+        walked
+    }
+
+    fn error(&mut self, path: &Path, err: &std::io::Error) {
+        let reason = format!("cannot read: {err}; {}", crate::apply::advice(err));
+        self.errors.push((path.to_path_buf(), reason));
     }
 }
 
@@ -300,7 +304,7 @@ fn walk_dir(dir: &Path, dev: Option<u64>) -> Walked {
         let entry = match entry {
             Ok(entry) => entry,
             Err(err) => {
-                walked = walked.merge(Walked::failed(dir, &err));
+                walked.error(dir, &err);
                 continue;
             }
         };
@@ -312,7 +316,7 @@ fn walk_dir(dir: &Path, dev: Option<u64>) -> Walked {
         let file_type = match entry.file_type() {
             Ok(file_type) => file_type,
             Err(err) => {
-                walked = walked.merge(Walked::failed(&path, &err));
+                walked.error(&path, &err);
                 continue;
             }
         };
@@ -444,6 +448,24 @@ mod tests {
         assert_eq!(inode.nlink, 2);
         let meta = fs::metadata(root.join("b/lib/libx.so")).unwrap();
         assert_eq!(inode.id, InodeId::of(&meta));
+    }
+
+    #[test]
+    fn every_entry_is_counted_once_and_temporary_files_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        fs::write(root.join("a/b/c/libx.so"), some_elf()).unwrap();
+        fs::write(root.join("a/b/.autopatch-x1.tmp"), some_elf()).unwrap();
+        std::os::unix::fs::symlink("c/libx.so", root.join("a/b/liby.so")).unwrap();
+
+        let found = scan(std::slice::from_ref(&root));
+
+        // The root, a, b, c, libx.so, the temporary file and the symlink.
+        assert_eq!(found.entries, 7);
+        assert_eq!(found.elf_inodes.len(), 1);
+        assert_eq!(found.elf_inodes[0].names, [root.join("a/b/c/libx.so")]);
+        assert_eq!(found.symlinks, [root.join("a/b/liby.so")]);
     }
 
     #[test]
