@@ -119,6 +119,8 @@ struct Trail {
     recording: bool,
     places: Vec<String>,
     skipped: Vec<(PathBuf, String)>,
+    /// Notes for the report, taken on the first run only.
+    notes: Vec<String>,
 }
 
 impl Trail {
@@ -138,6 +140,16 @@ impl Trail {
     fn skipped(&mut self, path: &Path, why: String) {
         if self.recording {
             self.skipped.push((path.to_path_buf(), why));
+        }
+    }
+
+    /// Notes that the search path `place` has an entry relative to the current directory.
+    fn relative_entries(&mut self, dirs: &[PathBuf], place: &dyn Fn() -> String) {
+        if !self.recording && dirs.iter().any(|d| d.is_relative()) {
+            self.notes.push(format!(
+                "{} has an entry relative to the current directory, so what it finds depends on where the program is started",
+                place()
+            ));
         }
     }
 }
@@ -238,7 +250,12 @@ impl<'a, 'h> Session<'a, 'h> {
         if self.unfound.contains(name) {
             return;
         }
-        match self.lookup(needer, name, &mut Trail::default()) {
+        let mut first_run = Trail::default();
+        let hit = self.lookup(needer, name, &mut first_run);
+        for note in first_run.notes {
+            self.report.note(note);
+        }
+        match hit {
             Some(Hit::Found { path, object, via }) => {
                 self.add(needer, name.to_string(), path, object, via);
             }
@@ -311,7 +328,7 @@ impl<'a, 'h> Session<'a, 'h> {
     }
 
     /// The search of `_dl_map_object` for a dependency of `needer`.
-    fn lookup(&mut self, needer: usize, name: &str, trail: &mut Trail) -> Option<Hit> {
+    fn lookup(&self, needer: usize, name: &str, trail: &mut Trail) -> Option<Hit> {
         if name.contains('/') {
             return self.try_path(Path::new(name), &|| Via::Path, trail);
         }
@@ -335,7 +352,6 @@ impl<'a, 'h> Session<'a, 'h> {
                     None => format!("RPATH [{}]", lossy(rpath)),
                     Some(of) => format!("RPATH [{}] of {of}", lossy(rpath)),
                 };
-                note_relative_entries(&mut self.report, dirs, &place, trail);
                 let via = || Via::Rpath {
                     owner: loaded.path.clone(),
                 };
@@ -352,7 +368,6 @@ impl<'a, 'h> Session<'a, 'h> {
                 .flat_map(|e| search_dirs(e.as_os_str().as_bytes(), b"", &tokens))
                 .collect();
             let place = || format!("LD_LIBRARY_PATH [{}]", join_dirs(entries));
-            note_relative_entries(&mut self.report, &dirs, &place, trail);
             if let Some(hit) = self.search(&dirs, name, &|| Via::LdLibraryPath, &place, trail) {
                 return Some(hit);
             }
@@ -363,7 +378,6 @@ impl<'a, 'h> Session<'a, 'h> {
                 .search_dirs(RunPathKind::RunPath, &self.tokens(needer))
                 .unwrap_or_default();
             let place = || format!("RUNPATH [{}]", lossy(runpath));
-            note_relative_entries(&mut self.report, dirs, &place, trail);
             if let Some(hit) = self.search(dirs, name, &|| Via::Runpath, &place, trail) {
                 return Some(hit);
             }
@@ -373,7 +387,7 @@ impl<'a, 'h> Session<'a, 'h> {
 
     /// The ld.so cache, then the built-in directories, unless the needer has `DF_1_NODEFLIB`
     /// (which also rules out cache entries in those directories).
-    fn search_defaults(&mut self, needer: &Object, name: &str, trail: &mut Trail) -> Option<Hit> {
+    fn search_defaults(&self, needer: &Object, name: &str, trail: &mut Trail) -> Option<Hit> {
         let nodeflib = needer.flags_1 & DF_1_NODEFLIB != 0;
         let setup = self.setup;
         if setup.use_ld_cache
@@ -392,7 +406,6 @@ impl<'a, 'h> Session<'a, 'h> {
             return None;
         }
         let place = || format!("the default dirs [{}]", join_dirs(&setup.default_dirs));
-        note_relative_entries(&mut self.report, &setup.default_dirs, &place, trail);
         self.search(
             &setup.default_dirs,
             name,
@@ -411,6 +424,7 @@ impl<'a, 'h> Session<'a, 'h> {
         place: &dyn Fn() -> String,
         trail: &mut Trail,
     ) -> Option<Hit> {
+        trail.relative_entries(dirs, place);
         trail.place(place);
         // One buffer for every place tried: most are tried in vain.
         let mut path = PathBuf::new();
@@ -557,22 +571,6 @@ impl<'a, 'h> Session<'a, 'h> {
                 }
             }
         }
-    }
-}
-
-/// Notes that a search path has an entry relative to the current directory; on the first run
-/// of a search only, as a failed one runs again to record its trail.
-fn note_relative_entries(
-    report: &mut FileReport,
-    dirs: &[PathBuf],
-    place: &dyn Fn() -> String,
-    trail: &Trail,
-) {
-    if !trail.recording && dirs.iter().any(|d| d.is_relative()) {
-        report.note(format!(
-            "{} has an entry relative to the current directory, so what it finds depends on where the program is started",
-            place()
-        ));
     }
 }
 
