@@ -239,11 +239,14 @@ struct LinkJson {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let bytes = fs::read(path).map_err(|source| CondaError::Read {
+    parse_json(path, &read_bytes(path)?)
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|source| CondaError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse_json(path, &bytes)
+    })
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Result<T> {
@@ -265,10 +268,7 @@ fn read_cached_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
 }
 
 fn read_package(prefix: &Path, record_path: &Path) -> Result<Package> {
-    let bytes = fs::read(record_path).map_err(|source| CondaError::Read {
-        path: record_path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_bytes(record_path)?;
     let record: RecordJson = parse_json(record_path, &bytes)?;
     let package_dir = find_package_dir(prefix, record_path, &record);
     let info = package_dir.as_ref().map(|d| d.join("info"));

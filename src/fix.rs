@@ -16,6 +16,7 @@ use crate::apply::{self, Patched};
 use crate::check::{DirHints, Loader, LoaderConfig, Problem};
 use crate::conda::StagedRecord;
 use crate::elf::{self, Edits, RunPathEdit};
+use crate::fastmap::FastSet;
 use crate::journal::{self, Entry, JournalError, Journals, Name, RecordsEntry};
 use crate::plan::{self, Action, DirFacts, FileInfo, FilePlan, NameInPrefix, Settings};
 use crate::resolve;
@@ -354,7 +355,14 @@ fn lock_dirs(
     facts: &DirFacts,
 ) -> Result<Locked, FixError> {
     let root_dirs = roots_as_dirs(roots).into_iter();
-    let prefixes = facts.prefixes_of(scanned.elf_inodes.iter().flat_map(|i| &i.names));
+    // Gathered in a hash set first: most names share their prefix, and ordering paths compares
+    // them component by component.
+    let prefixes: FastSet<PathBuf> = scanned
+        .elf_inodes
+        .iter()
+        .flat_map(|i| &i.names)
+        .map(|n| facts.prefix_of(n))
+        .collect();
     let dirs: BTreeSet<PathBuf> = root_dirs.chain(prefixes).collect();
     let mut locked = Locked {
         dirs: Vec::new(),

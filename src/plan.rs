@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::conda::CondaPrefix;
 use crate::elf::{Class, ET_DYN, Elf, RunPathKind, VersionNeed};
-use crate::fastmap::{FastMap, FastSet};
+use crate::fastmap::FastMap;
 use crate::pip::PipSite;
 use crate::resolve::{
     DefinedVersions, FileToResolve, Needed, PrefixLib, PrefixLibs, Resolution, Resolver,
@@ -285,25 +285,6 @@ impl DirFacts {
             return root.parent().unwrap_or(Path::new("/")).to_path_buf();
         }
         root
-    }
-
-    /// The prefixes of `names`, worked out once per directory: a prefix holds thousands of
-    /// files in a few hundred directories.
-    pub fn prefixes_of<'n>(&self, names: impl Iterator<Item = &'n PathBuf>) -> FastSet<PathBuf> {
-        let mut dirs_seen = FastSet::default();
-        let mut prefixes = FastSet::default();
-        for name in names {
-            // A root's own prefix depends on more than its directory.
-            let is_root = self.roots.contains(name);
-            if let Some(dir) = name.parent()
-                && !is_root
-                && !dirs_seen.insert(dir.as_os_str())
-            {
-                continue;
-            }
-            prefixes.insert(self.prefix_of(name));
-        }
-        prefixes
     }
 
     /// Whether a path lies in an extracted package of a conda package cache (`pkgs/<pkg>/`):

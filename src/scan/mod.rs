@@ -309,10 +309,7 @@ fn walk_dir(dir: &Path, dev: Option<u64>) -> Walked {
             }
         };
         let path = entry.path();
-        let is_own_temp_file = entry
-            .file_name()
-            .as_bytes()
-            .starts_with(TEMP_PREFIX.as_bytes());
+        let is_own_temp_file = is_own_temp_name(&entry.file_name());
         let file_type = match entry.file_type() {
             Ok(file_type) => file_type,
             Err(err) => {
@@ -365,13 +362,13 @@ pub fn links_named(
         .collect()
 }
 
-/// How the names of autopatch's temporary files begin.
-const TEMP_PREFIX: &str = ".autopatch-";
-
 /// Temporary files of an interrupted write: never treated as content.
 pub fn is_own_temp_file(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+    path.file_name().is_some_and(is_own_temp_name)
+}
+
+fn is_own_temp_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b".autopatch-")
 }
 
 /// Whether the file at `path` starts with the ELF magic: four bytes read, never blocking on a
