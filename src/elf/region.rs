@@ -554,6 +554,23 @@ fn contents_after(elf: &Elf, from: u64) -> Vec<Item> {
             items.push(Item { offset, len, kind });
         }
     }
+    // The version tables the loader reads, where no section describes them: their entries say
+    // where they lie, but nothing says they may move.
+    for (offset, len) in elf.version_table_spans() {
+        let described = elf.sections.iter().any(|s| {
+            s.flags & SHF_ALLOC != 0
+                && s.sh_type != SHT_NOBITS
+                && s.offset <= offset
+                && offset + len <= s.offset.saturating_add(s.size)
+        });
+        if !described {
+            items.push(Item {
+                offset,
+                len,
+                kind: Content::Fixed,
+            });
+        }
+    }
     if elf.sections.is_empty() {
         // Without section headers a table's size is unknown, so none of them can move.
         for &offset in table_offsets.iter().chain(strtab_at.iter()) {
