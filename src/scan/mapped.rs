@@ -46,13 +46,20 @@ pub fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
 /// last component only when `follow`. While another process holds a write lease on the file
 /// (autopatch growing it in place), such an open fails with `EWOULDBLOCK` and asks the holder to
 /// release it: it is tried again for up to [`LEASE_WAIT`].
+///
+/// Reading leaves the access time alone where the kernel allows it (the file's owner): a freshly
+/// installed file's first read would otherwise rewrite its inode, and a run reads thousands.
 pub fn open_nonblocking(path: &Path, follow: bool) -> io::Result<File> {
     let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
-    let open = || {
+    let open_with = |noatime| {
         OpenOptions::new()
             .read(true)
-            .custom_flags(nofollow | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .custom_flags(nofollow | noatime | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
+    };
+    let open = || match open_with(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_with(0),
+        opened => opened,
     };
     let start = Instant::now();
     let mut pause = Duration::from_millis(2);
@@ -96,6 +103,53 @@ impl MappedFile {
         match &self.content {
             Content::Mapped(map) => map,
             Content::Read(bytes) => bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::FileTimes;
+    use std::time::SystemTime;
+
+    #[test]
+    fn reading_an_own_file_leaves_its_access_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib.so");
+        std::fs::write(&path, vec![7u8; 2 * READ_LIMIT as usize]).unwrap();
+        // An access time older than the modification time: under `relatime`, the default, the
+        // next read would bring it forward.
+        let accessed = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let modified = accessed + Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_times(
+                FileTimes::new()
+                    .set_accessed(accessed)
+                    .set_modified(modified),
+            )
+            .unwrap();
+        let mapped = MappedFile::open(&path).unwrap();
+        assert_eq!(mapped.bytes()[READ_LIMIT as usize], 7);
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"\x7fELF").unwrap();
+        File::options()
+            .write(true)
+            .open(&small)
+            .unwrap()
+            .set_times(
+                FileTimes::new()
+                    .set_accessed(accessed)
+                    .set_modified(modified),
+            )
+            .unwrap();
+        assert_eq!(MappedFile::open(&small).unwrap().bytes(), b"\x7fELF");
+        for read in [&path, &small] {
+            let meta = std::fs::metadata(read).unwrap();
+            assert_eq!(meta.accessed().unwrap(), accessed, "{}", read.display());
         }
     }
 }
