@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 
 use super::cache::{CacheError, LdCache};
+use super::dirs::{ProcessKind, SearchDirs};
 use super::hints::{Hints, NoHints};
 use super::host;
 use super::object::{Object, Objects, Probe};
@@ -70,6 +71,9 @@ pub struct Loader<'h> {
     pub(super) objects: Objects,
     ld_cache: OnceLock<Option<LdCache>>,
     roots: Mutex<HashMap<OsString, Arc<Shown>>>,
+    /// The default directories of each kind of setup, shared so that what searches of them
+    /// found serves every check.
+    default_dirs: Mutex<HashMap<Vec<PathBuf>, Arc<SearchDirs>>>,
 }
 
 /// How the loader is set up for one file.
@@ -80,11 +84,21 @@ pub(super) struct Setup {
     /// The interpreter as named, and its object when it can run the file.
     pub interpreter: Option<PathBuf>,
     pub rtld: Option<Arc<Object>>,
-    pub default_dirs: Vec<PathBuf>,
+    pub default_dirs: Arc<SearchDirs>,
     pub use_ld_cache: bool,
     pub lib: String,
     pub platform: String,
     pub hwcaps: &'static [&'static str],
+}
+
+impl Setup {
+    pub fn process_kind(&self) -> ProcessKind {
+        ProcessKind {
+            class: self.class,
+            machine: self.machine,
+            little_endian: self.little_endian,
+        }
+    }
 }
 
 impl Loader<'static> {
@@ -95,6 +109,7 @@ impl Loader<'static> {
             objects: Objects::default(),
             ld_cache: OnceLock::new(),
             roots: Mutex::default(),
+            default_dirs: Mutex::default(),
         }
     }
 }
@@ -108,6 +123,7 @@ impl<'h> Loader<'h> {
             objects: self.objects,
             ld_cache: self.ld_cache,
             roots: self.roots,
+            default_dirs: self.default_dirs,
         }
     }
 
@@ -237,12 +253,20 @@ impl<'h> Loader<'h> {
             little_endian: main.little_endian,
             interpreter,
             rtld,
-            default_dirs,
+            default_dirs: self.shared_default_dirs(default_dirs),
             use_ld_cache,
             lib,
             platform: host::platform(main.machine, main.class),
             hwcaps: host::hwcaps_subdirs(main.machine, main.class),
         }
+    }
+
+    fn shared_default_dirs(&self, dirs: Vec<PathBuf>) -> Arc<SearchDirs> {
+        let mut known = self.default_dirs.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .entry(dirs)
+            .or_insert_with_key(|dirs| Arc::new(SearchDirs::new(dirs.clone())))
+            .clone()
     }
 
     /// The interpreter's object if it can run `main`, else the problem.

@@ -28,6 +28,7 @@
 //! Not modelled: `LD_PRELOAD` and `/etc/ld.so.preload`, audit modules, secure-mode restrictions.
 
 mod cache;
+mod dirs;
 mod hints;
 mod host;
 mod loader;

@@ -4,10 +4,12 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use super::dirs::SearchDirs;
 use super::search::{Tokens, has_interpreter_tokens, search_dirs};
-use super::{FastMap, lock};
+use super::{FastMap, FastSet, lock};
 
 use crate::elf::{Class, Elf, ElfError, RunPathKind};
 use crate::scan::{FileVersion, MappedFile, open_regular};
@@ -39,6 +41,8 @@ impl std::ops::Deref for Object {
 /// What the loader needs to know of one ELF file, owned so the file can be unmapped.
 #[derive(Debug)]
 pub(crate) struct ObjectInfo {
+    /// Tells it apart from every other object of its [`Objects`].
+    pub id: u32,
     pub class: Class,
     pub machine: u16,
     pub little_endian: bool,
@@ -58,22 +62,23 @@ pub(crate) struct ObjectInfo {
     pub is_static: bool,
     pub is_separate_debug: bool,
     /// Its run path as directories, when it has no tokens to expand.
-    plain_dirs: OnceLock<Vec<PathBuf>>,
+    plain_dirs: OnceLock<SearchDirs>,
     /// Whether its run path has `$LIB` or `$PLATFORM`, which depend on the interpreter.
     run_path_has_interpreter_tokens: bool,
     /// Its run path as directories with only `$ORIGIN` to expand, by origin: a library is
     /// loaded from the same directory by every program of its prefix.
-    origin_dirs: RwLock<FastMap<OsString, Arc<[PathBuf]>>>,
+    origin_dirs: RwLock<FastMap<OsString, Arc<SearchDirs>>>,
 }
 
 impl ObjectInfo {
-    fn from_elf(elf: &Elf) -> ObjectInfo {
+    fn from_elf(elf: &Elf, id: u32) -> ObjectInfo {
         let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let mut version_defs: Vec<String> =
             elf.version_defs().into_iter().map(|d| d.name).collect();
         version_defs.sort_unstable();
         version_defs.dedup();
         ObjectInfo {
+            id,
             class: elf.class,
             machine: elf.machine,
             little_endian: elf.little_endian,
@@ -118,22 +123,23 @@ impl ObjectInfo {
     }
 
     /// `raw`, its serving run path without tokens, as directories: split once.
-    pub fn plain_search_dirs(&self, raw: &[u8]) -> &[PathBuf] {
+    pub fn plain_search_dirs(&self, raw: &[u8]) -> &SearchDirs {
         let no_tokens = Tokens {
             origin: Path::new(""),
             lib: "",
             platform: "",
         };
         self.plain_dirs
-            .get_or_init(|| search_dirs(raw, b":", &no_tokens))
+            .get_or_init(|| SearchDirs::new(search_dirs(raw, b":", &no_tokens)))
     }
 
     /// `raw`, its serving run path, as directories with `tokens` expanded. A path whose only
     /// token is `$ORIGIN` is expanded once per origin; `$LIB` and `$PLATFORM` depend on the
     /// interpreter, so a path with them is expanded each time.
-    pub fn search_dirs_with(&self, raw: &[u8], tokens: &Tokens) -> Arc<[PathBuf]> {
+    pub fn search_dirs_with(&self, raw: &[u8], tokens: &Tokens) -> Arc<SearchDirs> {
+        let split = || Arc::new(SearchDirs::new(search_dirs(raw, b":", tokens)));
         if self.run_path_has_interpreter_tokens {
-            return search_dirs(raw, b":", tokens).into();
+            return split();
         }
         let origin = tokens.origin.as_os_str();
         let known = self.origin_dirs.read().unwrap_or_else(|e| e.into_inner());
@@ -141,7 +147,7 @@ impl ObjectInfo {
             return dirs.clone();
         }
         drop(known);
-        let dirs: Arc<[PathBuf]> = search_dirs(raw, b":", tokens).into();
+        let dirs = split();
         self.origin_dirs
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -198,6 +204,11 @@ pub(crate) struct Objects {
     /// What was read of each file, by inode: a prefix's hard links of one package file are
     /// checked under each of their names.
     by_inode: Mutex<FastMap<FileVersion, Arc<ObjectInfo>>>,
+    next_id: AtomicU32,
+    /// Version needs found met: the needing object's id, the index of the need in its list,
+    /// and the id of the object that met it. Every check of a prefix checks the same few
+    /// objects' needs of the C library's many versions.
+    versions_met: RwLock<FastSet<(u32, u32, u32)>>,
 }
 
 impl Objects {
@@ -273,7 +284,8 @@ impl Objects {
                     Ok(read) => read,
                     Err(err) => return read_error(&err),
                 };
-                match parse_object(read.bytes()) {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                match parse_object(read.bytes(), id) {
                     Ok(info) => lock(&self.by_inode)
                         .entry(key)
                         .or_insert(Arc::new(info))
@@ -286,6 +298,23 @@ impl Objects {
             canonical: canonical.to_path_buf(),
             info,
         }))
+    }
+
+    /// Whether `needer`'s version need number `need` was found met by `target` before.
+    pub fn versions_met(&self, needer: &ObjectInfo, need: usize, target: &ObjectInfo) -> bool {
+        let key = (needer.id, need as u32, target.id);
+        self.versions_met
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+    }
+
+    pub fn note_versions_met(&self, needer: &ObjectInfo, need: usize, target: &ObjectInfo) {
+        let key = (needer.id, need as u32, target.id);
+        self.versions_met
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
     }
 
     /// The object at a canonical path, read once.
@@ -310,9 +339,9 @@ fn read_error(err: &io::Error) -> Probe {
     }
 }
 
-fn parse_object(bytes: &[u8]) -> Result<ObjectInfo, Arc<str>> {
+fn parse_object(bytes: &[u8], id: u32) -> Result<ObjectInfo, Arc<str>> {
     match Elf::parse(bytes) {
-        Ok(elf) => Ok(ObjectInfo::from_elf(&elf)),
+        Ok(elf) => Ok(ObjectInfo::from_elf(&elf, id)),
         Err(_) if bytes.len() < ELF64_HEADER_SIZE => Err("file too short".into()),
         Err(ElfError::NotElf) => Err("invalid ELF header".into()),
         Err(err) => Err(err.to_string().into()),

@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::dirs::{Found, SearchDirs};
 use super::host;
 use super::loader::{Loader, Setup, kind_name};
 use super::object::{DF_1_NODEFLIB, DF_1_PIE, Object, Probe};
@@ -34,7 +35,7 @@ struct Loaded {
     shown: OnceCell<String>,
     /// Its run path as directories, expanded when first searched: every library it needs
     /// searches them.
-    dirs: OnceCell<Arc<[PathBuf]>>,
+    dirs: OnceCell<Arc<SearchDirs>>,
     /// Whether it is in the load order (the interpreter is loaded but joins only when needed).
     queued: bool,
 }
@@ -67,7 +68,7 @@ impl Loaded {
     /// The directories of its run path of `kind`, if it has one that serves (an object has one
     /// at most: a `DT_RUNPATH` hides its `DT_RPATH`). One without tokens is the same wherever
     /// the object lies and is expanded once for every check.
-    fn search_dirs(&self, kind: RunPathKind, tokens: &Tokens) -> Option<&[PathBuf]> {
+    fn search_dirs(&self, kind: RunPathKind, tokens: &Tokens) -> Option<&SearchDirs> {
         let raw = self.object.search_path(kind)?;
         if !raw.contains(&b'$') {
             return Some(self.object.plain_search_dirs(raw));
@@ -99,7 +100,7 @@ enum Candidate {
     Usable(Arc<Object>),
 }
 
-/// Where a search ended.
+/// Where a lookup ended.
 enum Hit {
     Found {
         path: PathBuf,
@@ -330,7 +331,9 @@ impl<'a, 'h> Session<'a, 'h> {
     /// The search of `_dl_map_object` for a dependency of `needer`.
     fn lookup(&self, needer: usize, name: &str, trail: &mut Trail) -> Option<Hit> {
         if name.contains('/') {
-            return self.try_path(Path::new(name), &|| Via::Path, trail);
+            return self
+                .try_path(Path::new(name), trail)
+                .map(|f| hit(f, Via::Path));
         }
         let object = self.loaded[needer].object.clone();
         // An object with a RUNPATH ignores every RPATH, its loaders' included.
@@ -363,20 +366,20 @@ impl<'a, 'h> Session<'a, 'h> {
         let loader = self.loader;
         if let Some(entries) = &loader.config.env_ld_library_path {
             let tokens = self.tokens(0);
-            let dirs: Vec<PathBuf> = entries
-                .iter()
-                .flat_map(|e| search_dirs(e.as_os_str().as_bytes(), b"", &tokens))
-                .collect();
+            let dirs = SearchDirs::new(
+                entries
+                    .iter()
+                    .flat_map(|e| search_dirs(e.as_os_str().as_bytes(), b"", &tokens))
+                    .collect(),
+            );
             let place = || format!("LD_LIBRARY_PATH [{}]", join_dirs(entries));
             if let Some(hit) = self.search(&dirs, name, &|| Via::LdLibraryPath, &place, trail) {
                 return Some(hit);
             }
         }
-        if let Some(runpath) = object.search_path(RunPathKind::RunPath) {
-            let loaded = &self.loaded[needer];
-            let dirs = loaded
-                .search_dirs(RunPathKind::RunPath, &self.tokens(needer))
-                .unwrap_or_default();
+        let loaded = &self.loaded[needer];
+        if let Some(dirs) = loaded.search_dirs(RunPathKind::RunPath, &self.tokens(needer)) {
+            let runpath = object.search_path(RunPathKind::RunPath).unwrap_or_default();
             let place = || format!("RUNPATH [{}]", lossy(runpath));
             if let Some(hit) = self.search(dirs, name, &|| Via::Runpath, &place, trail) {
                 return Some(hit);
@@ -396,16 +399,26 @@ impl<'a, 'h> Session<'a, 'h> {
             trail.place(|| "the ld.so cache".into());
             let fits = |flags| host::cache_flags_fit(setup.machine, setup.class, flags);
             if let Some(cached) = cache.lookup(name, fits, setup.hwcaps)
-                && !(nodeflib && setup.default_dirs.iter().any(|d| cached.starts_with(d)))
-                && let Some(hit) = self.try_path(cached, &|| Via::LdCache, trail)
+                && !(nodeflib
+                    && setup
+                        .default_dirs
+                        .dirs()
+                        .iter()
+                        .any(|d| cached.starts_with(d)))
+                && let Some(found) = self.try_path(cached, trail)
             {
-                return Some(hit);
+                return Some(hit(found, Via::LdCache));
             }
         }
         if nodeflib {
             return None;
         }
-        let place = || format!("the default dirs [{}]", join_dirs(&setup.default_dirs));
+        let place = || {
+            format!(
+                "the default dirs [{}]",
+                join_dirs(setup.default_dirs.dirs())
+            )
+        };
         self.search(
             &setup.default_dirs,
             name,
@@ -415,55 +428,65 @@ impl<'a, 'h> Session<'a, 'h> {
         )
     }
 
-    /// Looks for `name` in each of `dirs`, trying each one's `glibc-hwcaps` subdirectories first.
+    /// Looks for `name` in `dirs`; what a search found is kept with the directories for the
+    /// next one, except when the search records its trail.
     fn search(
         &self,
-        dirs: &[PathBuf],
+        dirs: &SearchDirs,
         name: &str,
         via: &dyn Fn() -> Via,
         place: &dyn Fn() -> String,
         trail: &mut Trail,
     ) -> Option<Hit> {
-        trail.relative_entries(dirs, place);
+        trail.relative_entries(dirs.dirs(), place);
         trail.place(place);
+        let found = if trail.recording {
+            self.search_each(dirs.dirs(), name, trail)
+        } else {
+            dirs.found(self.setup.process_kind(), name, || {
+                self.search_each(dirs.dirs(), name, trail)
+            })
+        };
+        found.map(|f| hit(f, via()))
+    }
+
+    /// Looks for `name` in each of `dirs`, trying each one's `glibc-hwcaps` subdirectories first.
+    fn search_each(&self, dirs: &[PathBuf], name: &str, trail: &mut Trail) -> Option<Found> {
         // One buffer for every place tried: most are tried in vain.
         let mut path = PathBuf::new();
         for dir in dirs {
             if self.loader.objects.has_hwcaps_subdirs(dir) {
                 for hwcap in self.setup.hwcaps {
                     let path = dir.join("glibc-hwcaps").join(hwcap).join(name);
-                    if let Some(hit) = self.try_path(&path, via, trail) {
-                        return Some(hit);
+                    if let Some(found) = self.try_path(&path, trail) {
+                        return Some(found);
                     }
                 }
             }
             path.as_mut_os_string().clear();
             path.push(dir);
             path.push(name);
-            if let Some(hit) = self.try_path(&path, via, trail) {
-                return Some(hit);
+            if let Some(found) = self.try_path(&path, trail) {
+                return Some(found);
             }
         }
         None
     }
 
-    fn try_path(&self, path: &Path, via: &dyn Fn() -> Via, trail: &mut Trail) -> Option<Hit> {
-        match self.candidate(path) {
-            Candidate::Missing => None,
+    fn try_path(&self, path: &Path, trail: &mut Trail) -> Option<Found> {
+        let outcome = match self.candidate(path) {
+            Candidate::Missing => return None,
             Candidate::Skipped(why) => {
                 trail.skipped(path, why);
-                None
+                return None;
             }
-            Candidate::Refused(why) => Some(Hit::Refused {
-                path: path.to_path_buf(),
-                why,
-            }),
-            Candidate::Usable(object) => Some(Hit::Found {
-                path: path.to_path_buf(),
-                object,
-                via: via(),
-            }),
-        }
+            Candidate::Refused(why) => Err(why),
+            Candidate::Usable(object) => Ok(object),
+        };
+        Some(Found {
+            path: path.to_path_buf(),
+            outcome,
+        })
     }
 
     /// What the loader makes of the file at `path` (glibc's `open_verify` and the checks after
@@ -544,7 +567,7 @@ impl<'a, 'h> Session<'a, 'h> {
                 continue;
             }
             let object = self.loaded[index].object.clone();
-            for (file, versions) in &object.version_needs {
+            for (need, (file, versions)) in object.version_needs.iter().enumerate() {
                 match self.find_loaded(file) {
                     None if self.unfound.contains(file) => {}
                     None => {
@@ -562,15 +585,38 @@ impl<'a, 'h> Session<'a, 'h> {
                         ));
                     }
                     Some(target) => {
-                        for version in versions {
-                            if !self.loaded[target].object.defines(version) {
-                                self.missing_version(index, target, file, version);
-                            }
+                        let objects = &self.loader.objects;
+                        let defining = self.loaded[target].object.clone();
+                        if objects.versions_met(&object, need, &defining) {
+                            continue;
+                        }
+                        let missing: Vec<&String> =
+                            versions.iter().filter(|v| !defining.defines(v)).collect();
+                        if missing.is_empty() {
+                            objects.note_versions_met(&object, need, &defining);
+                        }
+                        for version in missing {
+                            self.missing_version(index, target, file, version);
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// A search's end as the lookup reports it, reached `via` a kind of place.
+fn hit(found: Found, via: Via) -> Hit {
+    match found.outcome {
+        Ok(object) => Hit::Found {
+            path: found.path,
+            object,
+            via,
+        },
+        Err(why) => Hit::Refused {
+            path: found.path,
+            why,
+        },
     }
 }
 
