@@ -3,6 +3,7 @@
 
 use std::cell::OnceCell;
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -315,7 +316,7 @@ impl<'a, 'h> Session<'a, 'h> {
             self.join_load_order(index, &name);
             return;
         }
-        let origin = parent(&absolute(&path));
+        let origin = origin_of(&path);
         self.report.resolved.push(Resolved {
             name: name.clone(),
             path: path.clone(),
@@ -637,21 +638,32 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The directory of `path`, textually (as glibc computes `$ORIGIN`, without resolving `..`).
+/// The directory of `path`, textually (as glibc computes `$ORIGIN`, without resolving `..`),
+/// less any trailing `.` components, as `Path::parent` gives it: one `$ORIGIN/.` run path
+/// would otherwise make a new origin, and new paths, at each library it loads.
 fn parent(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(dir) if dir.as_os_str().is_empty() => PathBuf::from("."),
-        Some(dir) => dir.to_path_buf(),
-        None => path.to_path_buf(),
+    let bytes = path.as_os_str().as_bytes();
+    let Some(last) = bytes.iter().rposition(|&b| b == b'/') else {
+        return PathBuf::from(".");
+    };
+    let mut dir = &bytes[..last];
+    while let Some(rest) = dir.strip_suffix(b"/.").or_else(|| dir.strip_suffix(b"/")) {
+        dir = rest;
+    }
+    match dir {
+        [] if bytes.starts_with(b"/") => PathBuf::from("/"),
+        [] | b"." => PathBuf::from("."),
+        _ => PathBuf::from(OsStr::from_bytes(dir)),
     }
 }
 
-/// A relative path as the loader would open it: from the current directory.
-fn absolute(path: &Path) -> PathBuf {
+/// `$ORIGIN` of a library opened at `path`: a relative path is opened from the current
+/// directory.
+fn origin_of(path: &Path) -> PathBuf {
     if path.is_absolute() {
-        return path.to_path_buf();
+        return parent(path);
     }
-    std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path))
+    parent(&std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path)))
 }
 
 #[cfg(test)]
@@ -665,5 +677,18 @@ mod tests {
             Path::new("/a/b/../lib")
         );
         assert_eq!(parent(Path::new("x.so")), Path::new("."));
+        for path in [
+            "/a/b/./x.so",
+            "/a/./b/x.so",
+            "/a//b//x.so",
+            "/x.so",
+            "/./x.so",
+            "./x.so",
+            "a/x.so",
+            "a/././/x.so",
+        ] {
+            let expected = Path::new(path).parent().unwrap();
+            assert_eq!(parent(Path::new(path)), expected, "{path}");
+        }
     }
 }
