@@ -395,6 +395,9 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
         .collect();
     plans.sort_by(|a, b| a.path.cmp(&b.path));
     mark_recorded(&mut plans, &mut prefixes, facts);
+    // Freeing the prefixes' indexes of their records takes milliseconds that the rewrites need
+    // not wait for.
+    rayon::spawn(move || drop((libs, prefixes)));
     plans
 }
 
@@ -421,14 +424,18 @@ fn mark_recorded(
         .filter(|p| !prefixes.contains_key(p))
         .collect();
     prefixes.extend(load_prefixes(unread));
-    for plan in plans.iter_mut().filter(patching) {
-        plan.in_conda_record = plan.names.iter().any(|n| {
-            prefixes[&facts.prefix_of(n)]
-                .conda
-                .as_ref()
-                .is_some_and(|c| c.owner_of(n).is_some())
+    let prefixes = &*prefixes;
+    plans
+        .par_iter_mut()
+        .filter(|p| p.action == Action::Patch)
+        .for_each(|plan| {
+            plan.in_conda_record = plan.names.iter().any(|n| {
+                prefixes[&facts.prefix_of(n)]
+                    .conda
+                    .as_ref()
+                    .is_some_and(|c| c.owner_of(n).is_some())
+            });
         });
-    }
 }
 
 /// What planning a file consults besides the file itself.
@@ -620,14 +627,20 @@ fn prefix_libraries(
 ) -> HashMap<PathBuf, PrefixLibs> {
     let mut libs: HashMap<PathBuf, PrefixLibs> = HashMap::new();
     let links = scan::links_named(&scan.symlinks, needed, &scan.elf_inodes);
-    for (name, info) in library_names(scan, &links, &|id| by_inode.get(&id).copied()) {
-        let root = facts.prefix_of(name);
-        if let Some(prefix) = prefixes.get(&root) {
-            let entry = libs
-                .entry(root.clone())
-                .or_insert_with(|| PrefixLibs::new(root));
-            add_library(entry, name, info, prefix);
-        }
+    let names = library_names(scan, &links, &|id| by_inode.get(&id).copied());
+    // Where each library lies and who owns it, worked out in parallel; gathered in order.
+    let found: Vec<(PathBuf, String, PrefixLib)> = names
+        .par_iter()
+        .filter_map(|&(name, info)| {
+            let root = facts.prefix_of(name);
+            let (file_name, lib) = prefix_library(name, info, prefixes.get(&root)?)?;
+            Some((root, file_name, lib))
+        })
+        .collect();
+    for (root, file_name, lib) in found {
+        libs.entry(root.clone())
+            .or_insert_with(|| PrefixLibs::new(root))
+            .add(file_name, lib);
     }
     for (root, prefix) in prefixes {
         if !facts.roots.iter().any(|r| root.starts_with(r)) {
@@ -658,8 +671,11 @@ fn add_rest_of_prefix(
         .or_insert_with(|| PrefixLibs::new(root.to_path_buf()));
     let links = scan::links_named(&rest.symlinks, needed, &rest.elf_inodes);
     for (name, info) in library_names(&rest, &links, &|id| infos.get(&id)) {
-        if rest_facts.prefix_of(name) == root && !rest_facts.in_package_cache(name) {
-            add_library(entry, name, info, prefix);
+        if rest_facts.prefix_of(name) == root
+            && !rest_facts.in_package_cache(name)
+            && let Some((file_name, lib)) = prefix_library(name, info, prefix)
+        {
+            entry.add(file_name, lib);
         }
     }
 }
@@ -685,13 +701,12 @@ fn library_names<'s, 'i>(
     found
 }
 
-/// Records that the loader finds a shared library by `name`'s file name in its directory.
-fn add_library(libs: &mut PrefixLibs, name: &Path, info: &FileInfo, prefix: &Prefix) {
-    let (Some(dir), Some(file_name)) = (name.parent(), name.file_name()) else {
-        return;
-    };
+/// The file name the loader finds a shared library by, and where it lies in `prefix`; `None`
+/// for a file that is no shared library.
+fn prefix_library(name: &Path, info: &FileInfo, prefix: &Prefix) -> Option<(String, PrefixLib)> {
+    let (dir, file_name) = (name.parent()?, name.file_name()?);
     if info.e_type != ET_DYN {
-        return;
+        return None;
     }
     let lib = PrefixLib {
         dir: dir.to_path_buf(),
@@ -699,5 +714,5 @@ fn add_library(libs: &mut PrefixLibs, name: &Path, info: &FileInfo, prefix: &Pre
         class: info.class,
         owner: prefix.owner_of(name),
     };
-    libs.add(file_name.to_string_lossy().into_owned(), lib);
+    Some((file_name.to_string_lossy().into_owned(), lib))
 }

@@ -1,14 +1,17 @@
 //! Deciding where each needed library of a file comes from: the interpreter's glibc, the GPU
 //! driver dir, the file's own prefix (through `$ORIGIN`), a `--lib-dir`, or the Nix store.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use globset::GlobSet;
 use serde::Serialize;
 
 use crate::elf::{Class, Elf, VersionNeed};
+use crate::fastmap::FastMap;
 use crate::scan::MappedFile;
 use crate::store::{Preferences, StoreIndex};
 
@@ -73,14 +76,14 @@ pub struct PrefixLib {
 #[derive(Debug, Default)]
 pub struct PrefixLibs {
     pub root: PathBuf,
-    by_name: HashMap<String, Vec<PrefixLib>>,
+    by_name: FastMap<String, Vec<PrefixLib>>,
 }
 
 impl PrefixLibs {
     pub fn new(root: PathBuf) -> PrefixLibs {
         PrefixLibs {
             root,
-            by_name: HashMap::new(),
+            by_name: FastMap::default(),
         }
     }
 
@@ -237,7 +240,7 @@ pub struct FileToResolve<'a> {
 
 /// The versions each library defines, read once per path.
 #[derive(Debug, Default)]
-pub struct DefinedVersions(Mutex<HashMap<PathBuf, Arc<Vec<String>>>>);
+pub struct DefinedVersions(Mutex<FastMap<OsString, Arc<Vec<String>>>>);
 
 impl DefinedVersions {
     /// Of `wanted`, those the library at `path` does not define. A library that cannot be read
@@ -259,10 +262,12 @@ impl DefinedVersions {
 
     fn of(&self, path: &Path) -> Arc<Vec<String>> {
         let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry(path.to_path_buf())
-            .or_insert_with(|| Arc::new(read_version_defs(path)))
-            .clone()
+        if let Some(known) = cache.get(path.as_os_str()) {
+            return known.clone();
+        }
+        let defined = Arc::new(read_version_defs(path));
+        cache.insert(path.as_os_str().to_owned(), defined.clone());
+        defined
     }
 }
 
@@ -447,7 +452,7 @@ impl Resolver<'_> {
         libs: &PrefixLibs,
     ) -> Option<PathBuf> {
         let dir = normalize(&expand_origin(entry, origin));
-        let holds = if dir.starts_with(&libs.root) {
+        let holds = if lies_within(&dir, &libs.root) {
             libs.dir_holds(&dir, soname, file.machine, file.class)
         } else {
             let in_store = self.store.is_some_and(|s| dir.starts_with(s.store_dir()));
@@ -526,23 +531,44 @@ fn place_entry(run_path: &mut Vec<String>, entry: &str, before: Option<&str>) {
 
 /// `$ORIGIN` (or `${ORIGIN}`) replaced by the file's directory.
 pub fn expand_origin(entry: &str, origin: &Path) -> PathBuf {
+    if !entry.contains('$') {
+        return PathBuf::from(entry);
+    }
     let o = origin.to_string_lossy();
     PathBuf::from(entry.replace("${ORIGIN}", &o).replace("$ORIGIN", &o))
 }
 
-/// Removes `.` and `..` components lexically, as the loader does with `$ORIGIN` paths.
+/// Removes `.` and `..` components and repeated slashes lexically, as the loader does with
+/// `$ORIGIN` paths; `..` at the top stays at the top. Works on the bytes: resolution normalizes
+/// every run path entry of every file.
 pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
+    let bytes = path.as_os_str().as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let top = usize::from(bytes.starts_with(b"/"));
+    out.extend_from_slice(&bytes[..top]);
+    for part in bytes.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                let last = out[top..].iter().rposition(|&b| b == b'/');
+                out.truncate(last.map_or(top, |at| top + at));
             }
-            other => out.push(other),
+            _ => {
+                if out.len() > top {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(part);
+            }
         }
     }
-    out
+    PathBuf::from(OsStr::from_bytes(&out))
+}
+
+/// Whether `path` is `dir` or lies below it, comparing bytes: both are normalized.
+fn lies_within(path: &Path, dir: &Path) -> bool {
+    let (path, dir) = (path.as_os_str().as_bytes(), dir.as_os_str().as_bytes());
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'/' || dir.ends_with(b"/"))
 }
 
 /// The `$ORIGIN`-relative entry reaching `dir` from `origin`.
@@ -728,6 +754,25 @@ mod tests {
     fn normalizes_origin_paths() {
         let p = expand_origin("$ORIGIN/../lib", Path::new("/p/bin"));
         assert_eq!(normalize(&p), PathBuf::from("/p/lib"));
+        for (path, normal) in [
+            ("/a/./b//c/", "/a/b/c"),
+            ("/a/b/../../..", "/"),
+            ("/../a", "/a"),
+            ("a/../../b", "b"),
+            ("./a/.", "a"),
+            ("/", "/"),
+            ("", ""),
+        ] {
+            assert_eq!(normalize(Path::new(path)), Path::new(normal), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_path_lies_within_a_directory_by_whole_components() {
+        assert!(lies_within(Path::new("/p/lib"), Path::new("/p")));
+        assert!(lies_within(Path::new("/p"), Path::new("/p")));
+        assert!(lies_within(Path::new("/p/lib"), Path::new("/")));
+        assert!(!lies_within(Path::new("/pp/lib"), Path::new("/p")));
     }
 
     #[test]
