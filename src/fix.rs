@@ -282,6 +282,8 @@ fn verify(files: &[FileResult], settings: &Settings) -> Vec<Vec<LoadProblem>> {
     let loader = Loader::new(LoaderConfig {
         interpreter: settings.interpreter.clone(),
         store_dir,
+        // Verification wants the problems only.
+        list_resolved: false,
         ..LoaderConfig::default()
     })
     .with_hints(&hints);

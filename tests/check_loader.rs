@@ -411,6 +411,21 @@ fn a_version_shortfall_names_what_is_found_and_what_would_serve() {
          the prefix's own full/libv.so would serve"
     );
     assert_agrees(&report, &real_loader(&exe.canonicalize().unwrap(), &[]));
+
+    // A loader asked for problems only finds the same, without listing what it loaded.
+    let problems_only = Loader::new(LoaderConfig {
+        default_dirs: DefaultDirs::Distribution,
+        list_resolved: false,
+        ..LoaderConfig::default()
+    })
+    .with_hints(&hints)
+    .check_file_in(&exe, tmp.path());
+    assert!(!report.resolved.is_empty());
+    assert!(problems_only.resolved.is_empty());
+    assert_eq!(
+        format!("{:?}", problems_only.problems),
+        format!("{:?}", report.problems)
+    );
 }
 
 #[test]

@@ -48,6 +48,9 @@ pub struct LoaderConfig {
     /// The loader for files without `PT_INTERP` (libraries), when `interpreter` does not say:
     /// on NixOS that is the loader programs get, not a distribution's `/lib64` one.
     pub library_interpreter: Option<PathBuf>,
+    /// Whether reports list every library loaded ([`FileReport::resolved`]); a caller that
+    /// only wants the problems spares the lists.
+    pub list_resolved: bool,
 }
 
 impl Default for LoaderConfig {
@@ -58,6 +61,7 @@ impl Default for LoaderConfig {
             default_dirs: DefaultDirs::Auto,
             store_dir: PathBuf::from("/nix/store"),
             library_interpreter: None,
+            list_resolved: true,
         }
     }
 }

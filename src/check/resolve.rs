@@ -106,7 +106,8 @@ enum Hit {
     Found {
         path: PathBuf,
         object: Arc<Object>,
-        via: Via,
+        /// How it was found, when the report lists what was loaded.
+        via: Option<Via>,
     },
     Refused {
         path: PathBuf,
@@ -293,15 +294,24 @@ impl<'a, 'h> Session<'a, 'h> {
             return;
         }
         entry.queued = true;
-        self.report.resolved.push(Resolved {
-            name: name.to_string(),
-            path: entry.path.clone(),
-            via: Via::Interpreter,
-        });
+        if self.loader.config.list_resolved {
+            self.report.resolved.push(Resolved {
+                name: name.to_string(),
+                path: entry.path.clone(),
+                via: Via::Interpreter,
+            });
+        }
         self.queue.push_back(index);
     }
 
-    fn add(&mut self, needer: usize, name: String, path: PathBuf, object: Arc<Object>, via: Via) {
+    fn add(
+        &mut self,
+        needer: usize,
+        name: String,
+        path: PathBuf,
+        object: Arc<Object>,
+        via: Option<Via>,
+    ) {
         // The same file under another name is the same object (glibc compares device and inode).
         // The loader's cache gives one object per canonical path.
         if let Some(index) = self
@@ -317,11 +327,13 @@ impl<'a, 'h> Session<'a, 'h> {
             return;
         }
         let origin = origin_of(&path);
-        self.report.resolved.push(Resolved {
-            name: name.clone(),
-            path: path.clone(),
-            via,
-        });
+        if let Some(via) = via {
+            self.report.resolved.push(Resolved {
+                name: name.clone(),
+                path: path.clone(),
+                via,
+            });
+        }
         self.push(Loaded {
             loaded_by: Some(needer),
             ..Loaded::new(vec![name], path, object, origin)
@@ -334,7 +346,7 @@ impl<'a, 'h> Session<'a, 'h> {
         if name.contains('/') {
             return self
                 .try_path(Path::new(name), trail)
-                .map(|f| hit(f, Via::Path));
+                .map(|f| self.hit(f, &|| Via::Path));
         }
         let object = self.loaded[needer].object.clone();
         // An object with a RUNPATH ignores every RPATH, its loaders' included.
@@ -408,7 +420,7 @@ impl<'a, 'h> Session<'a, 'h> {
                         .any(|d| cached.starts_with(d)))
                 && let Some(found) = self.try_path(cached, trail)
             {
-                return Some(hit(found, Via::LdCache));
+                return Some(self.hit(found, &|| Via::LdCache));
             }
         }
         if nodeflib {
@@ -448,7 +460,7 @@ impl<'a, 'h> Session<'a, 'h> {
                 self.search_each(dirs.dirs(), name, trail)
             })
         };
-        found.map(|f| hit(f, via()))
+        found.map(|f| self.hit(f, via))
     }
 
     /// Looks for `name` in each of `dirs`, trying each one's `glibc-hwcaps` subdirectories first.
@@ -529,6 +541,21 @@ impl<'a, 'h> Session<'a, 'h> {
         Candidate::Usable(object)
     }
 
+    /// A search's end as the lookup reports it, reached `via` a kind of place.
+    fn hit(&self, found: Found, via: &dyn Fn() -> Via) -> Hit {
+        match found.outcome {
+            Ok(object) => Hit::Found {
+                path: found.path,
+                object,
+                via: self.loader.config.list_resolved.then(via),
+            },
+            Err(why) => Hit::Refused {
+                path: found.path,
+                why,
+            },
+        }
+    }
+
     /// `index`, the object that loaded it, and so on up to the program.
     fn chain(&self, index: usize) -> Vec<usize> {
         let mut chain = vec![index];
@@ -603,21 +630,6 @@ impl<'a, 'h> Session<'a, 'h> {
                 }
             }
         }
-    }
-}
-
-/// A search's end as the lookup reports it, reached `via` a kind of place.
-fn hit(found: Found, via: Via) -> Hit {
-    match found.outcome {
-        Ok(object) => Hit::Found {
-            path: found.path,
-            object,
-            via,
-        },
-        Err(why) => Hit::Refused {
-            path: found.path,
-            why,
-        },
     }
 }
 

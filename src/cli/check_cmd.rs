@@ -65,6 +65,7 @@ pub fn run(args: &CheckArgs) -> Result<bool> {
         default_dirs: DefaultDirs::Auto,
         store_dir: args.store.clone(),
         library_interpreter: library_interpreter(&args.store),
+        list_resolved: true,
     };
     let prefixes = args.paths.iter().filter(|p| p.is_dir()).cloned().collect();
     let hints = DirHints::new(Some(args.store.clone()), prefixes);
