@@ -26,15 +26,15 @@ impl Default for Sha256 {
     }
 }
 
-/// Bytes as lowercase hexadecimal.
+/// Bytes as lowercase hexadecimal. The journal writes kilobytes of it per file, so the digits
+/// are gathered as bytes and checked as text once.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
+    let digits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])
+        .collect();
+    String::from_utf8(digits).expect("hexadecimal digits are ASCII")
 }
 
 #[cfg(test)]
@@ -54,5 +54,6 @@ mod tests {
             Sha256::new().hex(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+        assert_eq!(to_hex(&[0x00, 0x7f, 0xa0, 0xff]), "007fa0ff");
     }
 }
