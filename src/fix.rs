@@ -514,12 +514,15 @@ fn apply_plans(
         apply::sync_filesystems(&dirs)
     };
     let mut to_patch = to_patch.into_iter().peekable();
-    while to_patch.peek().is_some() {
-        let batch: Vec<FilePlan> = to_patch.by_ref().take(BATCH).collect();
-        let started: Vec<(FileResult, Option<Box<apply::InPlaceJob>>)> = batch
+    let mut next_batch = || -> Vec<FilePlan> { to_patch.by_ref().take(BATCH).collect() };
+    let start_batch = |batch: Vec<FilePlan>| -> Vec<Started> {
+        batch
             .into_par_iter()
             .map(|plan| start(plan, journals))
-            .collect();
+            .collect()
+    };
+    let mut started = start_batch(next_batch());
+    while !started.is_empty() {
         let mut jobs = Vec::new();
         for (result, job) in started {
             match job {
@@ -528,12 +531,22 @@ fn apply_plans(
             }
             (options.on_file_done)();
         }
-        for (result, outcome) in apply::complete_in_place(jobs, &flush) {
+        // The next batch is read, planned and hashed while this one waits for its flushes.
+        let batch = next_batch();
+        let (completed, following) = rayon::join(
+            || apply::complete_in_place(jobs, &flush),
+            || start_batch(batch),
+        );
+        for (result, outcome) in completed {
             files.push(result.with(outcome.map(Some)));
         }
+        started = following;
     }
     files
 }
+
+/// A file whose patch has begun: done, or waiting for its batch's in-place writes.
+type Started = (FileResult, Option<Box<apply::InPlaceJob>>);
 
 impl FileResult {
     fn untouched(plan: FilePlan) -> FileResult {
@@ -566,7 +579,7 @@ impl FileResult {
 }
 
 /// Patches the file of `plan`, or starts an in-place rewrite of it that the batch completes.
-fn start(plan: FilePlan, journals: &Journals) -> (FileResult, Option<Box<apply::InPlaceJob>>) {
+fn start(plan: FilePlan, journals: &Journals) -> Started {
     let edits = Edits {
         interpreter: plan
             .new_interpreter

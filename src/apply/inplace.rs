@@ -3,6 +3,9 @@
 //! overwrites header fields. The steps ([`elf::in_place_steps`]) keep the file loadable after
 //! each one; between steps the caller flushes the batch, so that the order also holds on disk.
 //! Any failure puts the original bytes back.
+//!
+//! [`prepare`] only reads the file and plans; [`complete`] does every write, so that the next
+//! batch can be prepared while this one waits for its flushes.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
@@ -97,14 +100,14 @@ pub struct InPlaceJob {
 pub enum Prepared {
     /// Nothing to do: the file already is as asked.
     Unchanged,
-    /// New data appended; [`complete`] finishes it.
+    /// Planned and journaled, not yet written; [`complete`] writes it.
     InPlace(Box<InPlaceJob>),
     /// Not eligible for an in-place rewrite: the caller copies it.
     Copy,
 }
 
 /// Plans `edits` on a leased inode and, when the rewrite can be done in place, tells
-/// `before_write` what will change, then appends the new data.
+/// `before_write` what will change.
 pub fn prepare(
     leased: Leased,
     names: &[PathBuf],
@@ -147,7 +150,6 @@ pub fn prepare(
         bytes_written: rewrite.bytes_written(),
         steps,
     };
-    job.run(Step::Append)?;
     Ok(Prepared::InPlace(Box::new(job)))
 }
 
@@ -257,20 +259,28 @@ fn write_all(file: &File, writes: &[Write]) -> io::Result<()> {
         .try_for_each(|w| file.write_all_at(&w.bytes, w.offset))
 }
 
-/// Takes every job through the header steps together, calling `flush` between steps so that
-/// each step of every file reaches the disk before the next begins. Each result keeps the tag
-/// its job came with.
+/// Appends every job's new data, then takes them through the header steps together, calling
+/// `flush` between steps so that each step of every file reaches the disk before the next
+/// begins. Each result keeps the tag its job came with.
 pub fn complete<T: Send>(
     jobs: Vec<(T, Box<InPlaceJob>)>,
     flush: &(dyn Fn() -> Result<(), ApplyError> + Sync),
 ) -> Vec<(T, Result<Patched, PatchError>)> {
     let mut live: Vec<(T, Result<Box<InPlaceJob>, PatchError>)> =
         jobs.into_iter().map(|(t, j)| (t, Ok(j))).collect();
-    for step in [Step::Enter, Step::Front, Step::Leave, Step::Cut] {
+    for step in [
+        Step::Append,
+        Step::Enter,
+        Step::Front,
+        Step::Leave,
+        Step::Cut,
+    ] {
         if live.iter().all(|(_, j)| j.is_err()) {
             break;
         }
-        if let Err(e) = flush() {
+        if step != Step::Append
+            && let Err(e) = flush()
+        {
             return abandon(live, &e, step);
         }
         live.par_iter_mut().for_each(|(_, job)| {

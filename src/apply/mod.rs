@@ -230,8 +230,8 @@ pub struct Staged<'a> {
     pub in_place: Option<&'a elf::InPlaceSteps>,
 }
 
-/// What became of an inode: written (or found as asked), or grown in place up to the header
-/// steps, which [`complete_in_place`] takes together with the rest of its batch.
+/// What became of an inode: written (or found as asked), or planned for growing in place,
+/// which [`complete_in_place`] does together with the rest of its batch.
 pub enum Started {
     Done(Option<Patched>),
     InPlace(Box<InPlaceJob>),
