@@ -211,7 +211,7 @@ pub fn run(args: &FixArgs) -> Result<bool> {
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_human(&outcome, args.dry_run);
+        print_human(&outcome, args.dry_run)?;
     }
     Ok(outcome.is_success())
 }
@@ -227,7 +227,11 @@ pub(crate) fn absolute_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-fn print_human(outcome: &FixOutcome, dry_run: bool) {
+/// The report for people, on stderr: a line per patched file, then problems and the summary.
+/// Written through one buffer: a run reports thousands of files.
+fn print_human(outcome: &FixOutcome, dry_run: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut err = std::io::BufWriter::new(std::io::stderr().lock());
     let (results, summary) = (&outcome.files, &outcome.summary);
     let (unresolved, scan_errors) = (&outcome.unresolved, &outcome.scan_errors);
     let verb = if dry_run { "would patch" } else { "patched" };
@@ -243,13 +247,13 @@ fn print_human(outcome: &FixOutcome, dry_run: bool) {
             let kind = r.plan.run_path_kind.map_or("RUNPATH", |k| k.name());
             what.push(format!("{kind} {p}"));
         }
-        eprintln!("{verb} {}: {}", r.plan.path.display(), what.join(", "));
+        writeln!(err, "{verb} {}: {}", r.plan.path.display(), what.join(", "))?;
     }
     for r in results {
         if let Some(e) = &r.error {
-            eprintln!("error: {e}");
+            writeln!(err, "error: {e}")?;
         } else if let Action::Error { message } = &r.plan.action {
-            eprintln!("error: {}: {message}", r.plan.path.display());
+            writeln!(err, "error: {}: {message}", r.plan.path.display())?;
         }
     }
     for failed in results.iter().flat_map(|r| &r.load_problems) {
@@ -259,14 +263,15 @@ fn print_human(outcome: &FixOutcome, dry_run: bool) {
             .as_deref()
             .map(|s| format!("; {s}"))
             .unwrap_or_default();
-        eprintln!(
+        writeln!(
+            err,
             "does not load: {}: {}{hint}",
             failed.path.display(),
             problem.message
-        );
+        )?;
     }
     for (path, why) in scan_errors {
-        eprintln!("error: {}: {why}", path.display());
+        writeln!(err, "error: {}: {why}", path.display())?;
     }
     for (soname, files) in unresolved {
         let names: Vec<String> = files
@@ -290,12 +295,14 @@ fn print_human(outcome: &FixOutcome, dry_run: bool) {
         } else {
             String::new()
         };
-        eprintln!(
+        writeln!(
+            err,
             "unresolved: {soname} (needed by {}{tail}); searched {searched}; add a --lib-dir that has it, or --ignore-missing '{soname}'",
             names.join(", ")
-        );
+        )?;
     }
-    eprintln!(
+    writeln!(
+        err,
         "{} ELF files under {} entries: {} {verb}, {} already fine, {} skipped, {} with unresolved libraries, {} not loading, {} errors",
         summary.elf_files,
         summary.scanned_entries,
@@ -305,7 +312,8 @@ fn print_human(outcome: &FixOutcome, dry_run: bool) {
         summary.unresolved,
         summary.not_loading,
         summary.errors
-    );
+    )?;
+    err.flush()
 }
 
 /// A progress bar on a terminal, created once the number of files to patch is known.
