@@ -513,7 +513,7 @@ fn apply_plans(
         })?;
         apply::sync_filesystems(&dirs)
     };
-    let mut to_patch = to_patch.into_iter().peekable();
+    let mut to_patch = to_patch.into_iter();
     let mut next_batch = || -> Vec<FilePlan> { to_patch.by_ref().take(BATCH).collect() };
     let start_batch = |batch: Vec<FilePlan>| -> Vec<Started> {
         batch
