@@ -116,38 +116,29 @@ mod tests {
     #[test]
     fn reading_an_own_file_leaves_its_access_time() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lib.so");
-        std::fs::write(&path, vec![7u8; 2 * READ_LIMIT as usize]).unwrap();
         // An access time older than the modification time: under `relatime`, the default, the
         // next read would bring it forward.
         let accessed = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         let modified = accessed + Duration::from_secs(3600);
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_times(
-                FileTimes::new()
-                    .set_accessed(accessed)
-                    .set_modified(modified),
-            )
-            .unwrap();
-        let mapped = MappedFile::open(&path).unwrap();
-        assert_eq!(mapped.bytes()[READ_LIMIT as usize], 7);
-        let small = dir.path().join("small");
-        std::fs::write(&small, b"\x7fELF").unwrap();
-        File::options()
-            .write(true)
-            .open(&small)
-            .unwrap()
-            .set_times(
-                FileTimes::new()
-                    .set_accessed(accessed)
-                    .set_modified(modified),
-            )
-            .unwrap();
+        let written = |name: &str, content: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let times = FileTimes::new()
+                .set_accessed(accessed)
+                .set_modified(modified);
+            let file = File::options().write(true).open(&path).unwrap();
+            file.set_times(times).unwrap();
+            path
+        };
+        // One file mapped, one read.
+        let large = written("lib.so", &vec![7u8; 2 * READ_LIMIT as usize]);
+        let small = written("small", b"\x7fELF");
+        assert_eq!(
+            MappedFile::open(&large).unwrap().bytes()[READ_LIMIT as usize],
+            7
+        );
         assert_eq!(MappedFile::open(&small).unwrap().bytes(), b"\x7fELF");
-        for read in [&path, &small] {
+        for read in [&large, &small] {
             let meta = std::fs::metadata(read).unwrap();
             assert_eq!(meta.accessed().unwrap(), accessed, "{}", read.display());
         }
