@@ -425,17 +425,14 @@ fn mark_recorded(
         .collect();
     prefixes.extend(load_prefixes(unread));
     let prefixes = &*prefixes;
-    plans
-        .par_iter_mut()
-        .filter(|p| p.action == Action::Patch)
-        .for_each(|plan| {
-            plan.in_conda_record = plan.names.iter().any(|n| {
-                prefixes[&facts.prefix_of(n)]
-                    .conda
-                    .as_ref()
-                    .is_some_and(|c| c.owner_of(n).is_some())
-            });
+    plans.par_iter_mut().filter(patching).for_each(|plan| {
+        plan.in_conda_record = plan.names.iter().any(|n| {
+            prefixes[&facts.prefix_of(n)]
+                .conda
+                .as_ref()
+                .is_some_and(|c| c.owner_of(n).is_some())
         });
+    });
 }
 
 /// What planning a file consults besides the file itself.

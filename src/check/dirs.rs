@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 
-use super::FastMap;
 use super::object::Object;
+use super::{FastMap, read, write};
 use crate::elf::Class;
 
 /// Directories searched in order, and the outcome of each search of them so far.
@@ -87,7 +87,7 @@ impl SearchDirs {
         search: impl FnOnce() -> Option<Found>,
     ) -> Option<Found> {
         {
-            let known = self.found.read().unwrap_or_else(|e| e.into_inner());
+            let known = read(&self.found);
             let hit = known
                 .iter()
                 .find(|(k, _)| *k == kind)
@@ -103,7 +103,7 @@ impl SearchDirs {
             }
         }
         let found = search();
-        let mut known = self.found.write().unwrap_or_else(|e| e.into_inner());
+        let mut known = write(&self.found);
         let at = match known.iter().position(|(k, _)| *k == kind) {
             Some(at) => at,
             None => {

@@ -12,6 +12,7 @@ use super::cache::{CacheError, LdCache};
 use super::dirs::{ProcessKind, SearchDirs};
 use super::hints::{Hints, NoHints};
 use super::host;
+use super::lock;
 use super::object::{Object, Objects, Probe};
 use super::report::{FileReport, Problem, ProblemKind, Shown};
 use super::resolve::Session;
@@ -144,7 +145,7 @@ impl<'h> Loader<'h> {
     /// How paths inside `root` are shown, made once per root: resolving it costs a system call
     /// per component, and a run checks thousands of files in a few roots.
     fn shown_in(&self, root: &Path) -> Arc<Shown> {
-        let mut roots = self.roots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut roots = lock(&self.roots);
         roots
             .entry(root.as_os_str().to_owned())
             .or_insert_with(|| Arc::new(Shown::new(Some(root))))
@@ -266,7 +267,7 @@ impl<'h> Loader<'h> {
     }
 
     fn shared_default_dirs(&self, dirs: Vec<PathBuf>) -> Arc<SearchDirs> {
-        let mut known = self.default_dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = lock(&self.default_dirs);
         known
             .entry(dirs)
             .or_insert_with_key(|dirs| Arc::new(SearchDirs::new(dirs.clone())))

@@ -44,7 +44,16 @@ pub use report::{FileReport, Problem, ProblemKind, Resolved, Via};
 
 use crate::fastmap::{FastMap, FastSet};
 
+// A panic elsewhere cannot leave a cache map half-written: the caches are used on after one.
+
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere cannot leave a cache map half-written; keep using it.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::dirs::SearchDirs;
 use super::search::{Tokens, has_interpreter_tokens, search_dirs};
-use super::{FastMap, FastSet, lock};
+use super::{FastMap, FastSet, lock, read, write};
 
 use crate::elf::{Class, Elf, ElfError, RunPathKind};
 use crate::scan::{FileVersion, MappedFile, open_regular};
@@ -142,15 +142,11 @@ impl ObjectInfo {
             return split();
         }
         let origin = tokens.origin.as_os_str();
-        let known = self.origin_dirs.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(dirs) = known.get(origin) {
+        if let Some(dirs) = read(&self.origin_dirs).get(origin) {
             return dirs.clone();
         }
-        drop(known);
         let dirs = split();
-        self.origin_dirs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        write(&self.origin_dirs)
             .entry(origin.to_owned())
             .or_insert(dirs)
             .clone()
@@ -302,19 +298,11 @@ impl Objects {
 
     /// Whether `needer`'s version need number `need` was found met by `target` before.
     pub fn versions_met(&self, needer: &ObjectInfo, need: usize, target: &ObjectInfo) -> bool {
-        let key = (needer.id, need as u32, target.id);
-        self.versions_met
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
+        read(&self.versions_met).contains(&(needer.id, need as u32, target.id))
     }
 
     pub fn note_versions_met(&self, needer: &ObjectInfo, need: usize, target: &ObjectInfo) {
-        let key = (needer.id, need as u32, target.id);
-        self.versions_met
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key);
+        write(&self.versions_met).insert((needer.id, need as u32, target.id));
     }
 
     /// The object at a canonical path, read once.
