@@ -21,7 +21,8 @@ type FoundByName = FastMap<String, Option<Kept>>;
 /// A [`Found`] as kept: the object by a weak reference, since an object keeps the directories
 /// of its run path, and the loader's object cache keeps every object alive anyway.
 struct Kept {
-    path: PathBuf,
+    path: Arc<Path>,
+    origin: Arc<Path>,
     outcome: Result<Weak<Object>, Arc<str>>,
 }
 
@@ -29,6 +30,7 @@ impl Kept {
     fn of(found: &Found) -> Kept {
         Kept {
             path: found.path.clone(),
+            origin: found.origin.clone(),
             outcome: found
                 .outcome
                 .as_ref()
@@ -45,6 +47,7 @@ impl Kept {
         };
         Some(Found {
             path: self.path.clone(),
+            origin: self.origin.clone(),
             outcome,
         })
     }
@@ -59,10 +62,12 @@ pub(crate) struct ProcessKind {
     pub little_endian: bool,
 }
 
-/// Where a search ended: the path, and the object there or why the loader refuses it.
+/// Where a search ended: the path, and the object there or why the loader refuses it. The
+/// path and its `$ORIGIN` are shared by every check that finds the object there.
 #[derive(Clone)]
 pub(crate) struct Found {
-    pub path: PathBuf,
+    pub path: Arc<Path>,
+    pub origin: Arc<Path>,
     pub outcome: Result<Arc<Object>, Arc<str>>,
 }
 
@@ -146,13 +151,14 @@ mod tests {
         let refused = || {
             searches.set(searches.get() + 1);
             Some(Found {
-                path: PathBuf::from("/lib/libc.so.6"),
+                path: Arc::from(Path::new("/lib/libc.so.6")),
+                origin: Arc::from(Path::new("/lib")),
                 outcome: Err(Arc::from("invalid ELF header")),
             })
         };
         for _ in 0..2 {
             let found = dirs.found(kind(62), "libc.so.6", refused).unwrap();
-            assert_eq!(found.path, Path::new("/lib/libc.so.6"));
+            assert_eq!(&*found.path, Path::new("/lib/libc.so.6"));
         }
         assert_eq!(searches.get(), 1);
         dirs.found(kind(183), "libc.so.6", refused);

@@ -24,12 +24,12 @@ struct Loaded {
     /// Names it was asked for (glibc's `l_libname`).
     names: Vec<String>,
     /// The path it was opened at (`l_name`).
-    path: PathBuf,
+    path: Arc<Path>,
     object: Arc<Object>,
     /// The object whose dependency first brought it in (`l_loader`).
     loaded_by: Option<usize>,
     /// What `$ORIGIN` means in its strings.
-    origin: PathBuf,
+    origin: Arc<Path>,
     /// The name the program was given by, when it differs from `path`.
     named: Option<PathBuf>,
     /// How messages name it, made when one does.
@@ -42,7 +42,7 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn new(names: Vec<String>, path: PathBuf, object: Arc<Object>, origin: PathBuf) -> Loaded {
+    fn new(names: Vec<String>, path: Arc<Path>, object: Arc<Object>, origin: Arc<Path>) -> Loaded {
         Loaded {
             names,
             path,
@@ -91,6 +91,12 @@ impl Loaded {
     }
 }
 
+/// Where an object was found: its path and what `$ORIGIN` means there.
+struct Place {
+    path: Arc<Path>,
+    origin: Arc<Path>,
+}
+
 /// What one place of the search turned up.
 enum Candidate {
     Missing,
@@ -104,13 +110,13 @@ enum Candidate {
 /// Where a lookup ended.
 enum Hit {
     Found {
-        path: PathBuf,
+        place: Place,
         object: Arc<Object>,
         /// How it was found, when the report lists what was loaded.
         via: Option<Via>,
     },
     Refused {
-        path: PathBuf,
+        path: Arc<Path>,
         why: Arc<str>,
     },
 }
@@ -166,6 +172,8 @@ pub(super) struct Session<'a, 'h> {
     /// first object loaded that has a name of that hash: names are looked up far more often
     /// than objects are added, and hashing spares a copy of each.
     by_name: FastMap<u64, usize>,
+    /// Each object's place in `loaded`, by the address of the one copy the loader's cache has.
+    by_object: FastMap<usize, usize>,
     queue: VecDeque<usize>,
     /// Names searched for in vain; the loader does not search for them again.
     unfound: FastSet<String>,
@@ -187,9 +195,9 @@ impl<'a, 'h> Session<'a, 'h> {
             named: Some(main_path.to_path_buf()),
             ..Loaded::new(
                 Vec::new(),
-                main.canonical.clone(),
+                Arc::from(main.canonical.as_path()),
                 main.clone(),
-                parent(&main.canonical),
+                Arc::from(parent(&main.canonical)),
             )
         };
         let mut loaded = vec![program];
@@ -198,7 +206,12 @@ impl<'a, 'h> Session<'a, 'h> {
             names.extend(rtld.soname.clone());
             loaded.push(Loaded {
                 queued: false,
-                ..Loaded::new(names, path.clone(), rtld.clone(), parent(path))
+                ..Loaded::new(
+                    names,
+                    Arc::from(path.as_path()),
+                    rtld.clone(),
+                    Arc::from(parent(path)),
+                )
             });
         }
         let mut session = Session {
@@ -207,6 +220,7 @@ impl<'a, 'h> Session<'a, 'h> {
             shown,
             loaded: Vec::with_capacity(loaded.len()),
             by_name: FastMap::default(),
+            by_object: FastMap::default(),
             queue: VecDeque::from([0]),
             unfound: FastSet::default(),
             report,
@@ -223,6 +237,9 @@ impl<'a, 'h> Session<'a, 'h> {
         for name in entry.match_names() {
             self.by_name.entry(name_hash(name)).or_insert(index);
         }
+        self.by_object
+            .entry(object_key(&entry.object))
+            .or_insert(index);
         self.loaded.push(entry);
     }
 
@@ -259,8 +276,8 @@ impl<'a, 'h> Session<'a, 'h> {
             self.report.note(note);
         }
         match hit {
-            Some(Hit::Found { path, object, via }) => {
-                self.add(needer, name.to_string(), path, object, via);
+            Some(Hit::Found { place, object, via }) => {
+                self.add(needer, name.to_string(), place, object, via);
             }
             Some(Hit::Refused { path, why }) => {
                 self.unfound.insert(name.to_string());
@@ -297,7 +314,7 @@ impl<'a, 'h> Session<'a, 'h> {
         if self.loader.config.list_resolved {
             self.report.resolved.push(Resolved {
                 name: name.to_string(),
-                path: entry.path.clone(),
+                path: entry.path.to_path_buf(),
                 via: Via::Interpreter,
             });
         }
@@ -308,17 +325,13 @@ impl<'a, 'h> Session<'a, 'h> {
         &mut self,
         needer: usize,
         name: String,
-        path: PathBuf,
+        place: Place,
         object: Arc<Object>,
         via: Option<Via>,
     ) {
         // The same file under another name is the same object (glibc compares device and inode).
         // The loader's cache gives one object per canonical path.
-        if let Some(index) = self
-            .loaded
-            .iter()
-            .position(|l| Arc::ptr_eq(&l.object, &object))
-        {
+        if let Some(&index) = self.by_object.get(&object_key(&object)) {
             self.by_name
                 .entry(name_hash(name.as_bytes()))
                 .or_insert(index);
@@ -326,17 +339,16 @@ impl<'a, 'h> Session<'a, 'h> {
             self.join_load_order(index, &name);
             return;
         }
-        let origin = origin_of(&path);
         if let Some(via) = via {
             self.report.resolved.push(Resolved {
                 name: name.clone(),
-                path: path.clone(),
+                path: place.path.to_path_buf(),
                 via,
             });
         }
         self.push(Loaded {
             loaded_by: Some(needer),
-            ..Loaded::new(vec![name], path, object, origin)
+            ..Loaded::new(vec![name], place.path, object, place.origin)
         });
         self.queue.push_back(self.loaded.len() - 1);
     }
@@ -369,7 +381,7 @@ impl<'a, 'h> Session<'a, 'h> {
                     Some(of) => format!("RPATH [{}] of {of}", lossy(rpath)),
                 };
                 let via = || Via::Rpath {
-                    owner: loaded.path.clone(),
+                    owner: loaded.path.to_path_buf(),
                 };
                 if let Some(hit) = self.search(dirs, name, &via, &place, trail) {
                     return Some(hit);
@@ -497,7 +509,8 @@ impl<'a, 'h> Session<'a, 'h> {
             Candidate::Usable(object) => Ok(object),
         };
         Some(Found {
-            path: path.to_path_buf(),
+            path: Arc::from(path),
+            origin: Arc::from(origin_of(path)),
             outcome,
         })
     }
@@ -545,7 +558,10 @@ impl<'a, 'h> Session<'a, 'h> {
     fn hit(&self, found: Found, via: &dyn Fn() -> Via) -> Hit {
         match found.outcome {
             Ok(object) => Hit::Found {
-                path: found.path,
+                place: Place {
+                    path: found.path,
+                    origin: found.origin,
+                },
                 object,
                 via: self.loader.config.list_resolved.then(via),
             },
@@ -572,7 +588,7 @@ impl<'a, 'h> Session<'a, 'h> {
         let mut chain: Vec<PathBuf> = self
             .chain(index)
             .into_iter()
-            .map(|i| self.loaded[i].path.clone())
+            .map(|i| self.loaded[i].path.to_path_buf())
             .collect();
         chain.reverse();
         chain
@@ -631,6 +647,10 @@ impl<'a, 'h> Session<'a, 'h> {
             }
         }
     }
+}
+
+fn object_key(object: &Arc<Object>) -> usize {
+    Arc::as_ptr(object) as usize
 }
 
 /// The hash a name is indexed by in a session.
