@@ -586,9 +586,9 @@ fn start(plan: FilePlan, journals: &Journals) -> Started {
             .as_ref()
             .map(|i| i.clone().into_bytes()),
         run_path: plan
-            .new_run_path
+            .new_run_path_bytes
             .as_ref()
-            .map(|r| RunPathEdit::Set(r.clone().into_bytes())),
+            .map(|r| RunPathEdit::Set(r.clone())),
         ..Edits::default()
     };
     let journal = |staged: &apply::Staged| journals.record_patch(&plan.prefix, staged);

@@ -43,6 +43,10 @@ pub struct FileInfo {
     pub interpreter: Option<String>,
     pub run_path_kind: Option<RunPathKind>,
     pub run_path: Option<String>,
+    /// The run path as the file holds it: `run_path` is for reading, and replaces bytes that
+    /// are not UTF-8.
+    #[serde(skip)]
+    pub run_path_bytes: Option<Vec<u8>>,
     pub needed: Vec<String>,
     pub soname: Option<String>,
     pub version_needs: Vec<VersionNeed>,
@@ -64,6 +68,7 @@ impl FileInfo {
             interpreter: elf.interpreter().map(text),
             run_path_kind: elf.run_path().map(|(k, _)| k),
             run_path: elf.run_path().map(|(_, p)| text(p)),
+            run_path_bytes: elf.run_path().map(|(_, p)| p.to_vec()),
             needed: elf.needed().into_iter().map(text).collect(),
             soname: elf.soname().map(text),
             version_needs: elf.version_needs(),
@@ -109,6 +114,9 @@ pub struct FilePlan {
     pub old_run_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_run_path: Option<String>,
+    /// `new_run_path` as written: the entries kept from the old run path keep their bytes.
+    #[serde(skip)]
+    pub new_run_path_bytes: Option<Vec<u8>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
     /// The other prefixes the inode is linked into, each resolved under one of its names there:
@@ -401,6 +409,42 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
     plans
 }
 
+/// The bytes of the run path `new`, whose entries kept from `old` get back the bytes they have
+/// there: planning reads run paths as text, and an entry that is not UTF-8 would otherwise be
+/// written with replacement characters. `Err` says why the file is left alone instead.
+fn run_path_bytes(new: &str, old: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let mut kept: HashMap<String, Option<&[u8]>> = HashMap::new();
+    for entry in old.unwrap_or_default().split(|&b| b == b':') {
+        let text = String::from_utf8_lossy(entry).into_owned();
+        let slot = kept.entry(text).or_insert(Some(entry));
+        if slot.is_some_and(|other| other != entry) {
+            // Two entries read as the same text: which is which cannot be told.
+            *slot = None;
+        }
+    }
+    let mut bytes = Vec::with_capacity(new.len());
+    for (k, entry) in new.split(':').enumerate() {
+        if k > 0 {
+            bytes.push(b':');
+        }
+        match kept.get(entry) {
+            Some(Some(original)) => bytes.extend_from_slice(original),
+            Some(None) => {
+                return Err(format!(
+                    "its run path has entries that differ only in bytes that are not UTF-8 ({entry}); left unchanged: set its run path with `autopatch elf --set-rpath`"
+                ));
+            }
+            None if entry.contains(char::REPLACEMENT_CHARACTER) => {
+                return Err(format!(
+                    "a directory it needs has a name that is not UTF-8 ({entry}); left unchanged: set its run path with `autopatch elf --set-rpath`"
+                ));
+            }
+            None => bytes.extend_from_slice(entry.as_bytes()),
+        }
+    }
+    Ok(bytes)
+}
+
 /// Reads each prefix once, in parallel.
 fn load_prefixes(roots: BTreeSet<PathBuf>) -> BTreeMap<PathBuf, Prefix> {
     roots
@@ -502,6 +546,7 @@ fn plan_file(
         run_path_kind: info.run_path_kind,
         old_run_path: info.run_path.clone(),
         new_run_path: None,
+        new_run_path_bytes: None,
         resolution: None,
         also: Vec::new(),
         in_conda_record: false,
@@ -548,6 +593,15 @@ fn plan_file(
     }
     plan.new_run_path = resolution.run_path.clone();
     plan.resolution = Some(resolution);
+    if let Some(new) = &plan.new_run_path {
+        match run_path_bytes(new, info.run_path_bytes.as_deref()) {
+            Ok(bytes) => plan.new_run_path_bytes = Some(bytes),
+            Err(message) => {
+                plan.action = Action::Error { message };
+                return plan;
+            }
+        }
+    }
     if plan.new_interpreter.is_some() || plan.new_run_path.is_some() {
         plan.action = if inode.mode & 0o6000 != 0 && !settings.allow_setuid {
             Action::Error {
@@ -607,6 +661,7 @@ fn bare_plan(inode: &Inode, name: &Path, prefix: &Path, action: Action) -> FileP
         run_path_kind: None,
         old_run_path: None,
         new_run_path: None,
+        new_run_path_bytes: None,
         resolution: None,
         also: Vec::new(),
         in_conda_record: false,
@@ -712,4 +767,29 @@ fn prefix_library(name: &Path, info: &FileInfo, prefix: &Prefix) -> Option<(Stri
         owner: prefix.owner_of(name),
     };
     Some((file_name.to_string_lossy().into_owned(), lib))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_path_bytes;
+
+    #[test]
+    fn kept_entries_get_their_bytes_back_wherever_they_moved() {
+        let old: &[u8] = b"/opt/caf\xe9/lib:$ORIGIN";
+        let new = "$ORIGIN:/nix/store/x-zlib/lib:/opt/caf\u{FFFD}/lib";
+        assert_eq!(
+            run_path_bytes(new, Some(old)).unwrap(),
+            b"$ORIGIN:/nix/store/x-zlib/lib:/opt/caf\xe9/lib"
+        );
+    }
+
+    #[test]
+    fn a_replacement_character_with_no_entry_behind_it_is_refused() {
+        assert!(run_path_bytes("/opt/caf\u{FFFD}", None).is_err());
+        assert!(run_path_bytes("/opt/a\u{FFFD}", Some(b"/opt/a\xe9:/opt/a\xe8")).is_err());
+        assert_eq!(
+            run_path_bytes("/opt/caf\u{FFFD}", Some("/opt/caf\u{FFFD}".as_bytes())).unwrap(),
+            "/opt/caf\u{FFFD}".as_bytes()
+        );
+    }
 }
