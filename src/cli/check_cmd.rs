@@ -65,7 +65,8 @@ pub fn run(args: &CheckArgs) -> Result<bool> {
         default_dirs: DefaultDirs::Auto,
         store_dir: args.store.clone(),
         library_interpreter: library_interpreter(&args.store),
-        list_resolved: true,
+        // Only the JSON output lists what each file loads; the report for people shows problems.
+        list_resolved: args.json,
     };
     let prefixes = args.paths.iter().filter(|p| p.is_dir()).cloned().collect();
     let hints = DirHints::new(Some(args.store.clone()), prefixes);
