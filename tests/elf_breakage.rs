@@ -278,6 +278,65 @@ fn needed_and_soname_round_trips() {
     assert_readelf_clean(&fx.exe);
 }
 
+/// `autopatch elf ARGS file` with arguments as bytes; stdout, after checking it succeeded.
+fn autopatch_bytes(args: &[&[u8]], file: &Path) -> Vec<u8> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let o = output(
+        Command::new(env!("CARGO_BIN_EXE_autopatch"))
+            .arg("elf")
+            .args(args.iter().map(|a| OsStr::from_bytes(a)))
+            .arg(file),
+    );
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        file.display(),
+        text(&o.stderr)
+    );
+    o.stdout
+}
+
+#[test]
+fn run_paths_and_names_that_are_not_utf8_keep_their_bytes() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &[]);
+    // The library the program needs, in a directory whose name is not UTF-8.
+    let odd_dir = fx.dir.join(OsStr::from_bytes(b"lib\xe9"));
+    fs::create_dir(&odd_dir).unwrap();
+    fs::copy(&fx.lib, odd_dir.join("libgreet.so")).unwrap();
+    fs::remove_file(&fx.lib).unwrap();
+    let patchelf_prints =
+        |flag: &str, file: &Path| output(Command::new("patchelf").arg(flag).arg(file)).stdout;
+
+    autopatch_bytes(&[b"--set-rpath", b"/opt/caf\xe9:$ORIGIN/lib\xe9"], &fx.exe);
+    let printed = autopatch_bytes(&[b"--print-rpath"], &fx.exe);
+    assert_eq!(printed, b"/opt/caf\xe9:$ORIGIN/lib\xe9\n");
+    assert_eq!(patchelf_prints("--print-rpath", &fx.exe), printed);
+    assert_greets(&[&fx.exe]);
+
+    autopatch_bytes(&[b"--add-rpath", b"/extra\xe8"], &fx.exe);
+    assert_eq!(
+        autopatch_bytes(&[b"--print-rpath"], &fx.exe),
+        b"/opt/caf\xe9:$ORIGIN/lib\xe9:/extra\xe8\n"
+    );
+    // Only the entry that holds a needed library stays, as the file had it.
+    autopatch_bytes(&[b"--shrink-rpath"], &fx.exe);
+    assert_eq!(
+        autopatch_bytes(&[b"--print-rpath"], &fx.exe),
+        b"$ORIGIN/lib\xe9\n"
+    );
+    assert_greets(&[&fx.exe]);
+
+    let lib = odd_dir.join("libgreet.so");
+    autopatch_bytes(&[b"--set-soname", b"libgr\xe9et.so"], &lib);
+    let soname = autopatch_bytes(&[b"--print-soname"], &lib);
+    assert_eq!(soname, b"libgr\xe9et.so\n");
+    assert_eq!(patchelf_prints("--print-soname", &lib), soname);
+}
+
 #[test]
 fn rpath_kind_is_kept_and_converted() {
     let tmp = tempfile::tempdir().unwrap();

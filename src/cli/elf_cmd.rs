@@ -1,6 +1,8 @@
 //! `autopatch elf`: the low-level editor, taking patchelf's flag names.
 
+use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -20,10 +22,10 @@ pub struct ElfArgs {
     print_interpreter: bool,
     /// Set the run path, keeping the tag kind the file has (DT_RPATH or DT_RUNPATH).
     #[arg(long, value_name = "RPATH", allow_hyphen_values = true)]
-    set_rpath: Option<String>,
+    set_rpath: Option<OsString>,
     /// Append directories to the run path.
     #[arg(long, value_name = "RPATH", allow_hyphen_values = true)]
-    add_rpath: Option<String>,
+    add_rpath: Option<OsString>,
     #[arg(long)]
     remove_rpath: bool,
     /// Drop run path entries that hold none of the needed libraries.
@@ -31,7 +33,7 @@ pub struct ElfArgs {
     shrink_rpath: bool,
     /// With --shrink-rpath, also drop entries not starting with one of these (colon list).
     #[arg(long, value_name = "PREFIXES")]
-    allowed_rpath_prefixes: Option<String>,
+    allowed_rpath_prefixes: Option<OsString>,
     #[arg(long)]
     print_rpath: bool,
     /// Use DT_RPATH for the run path (converting a DT_RUNPATH).
@@ -41,15 +43,15 @@ pub struct ElfArgs {
     #[arg(long)]
     force_runpath: bool,
     #[arg(long, value_name = "LIBRARY")]
-    add_needed: Vec<String>,
+    add_needed: Vec<OsString>,
     #[arg(long, value_name = "LIBRARY")]
-    remove_needed: Vec<String>,
+    remove_needed: Vec<OsString>,
     #[arg(long, num_args = 2, value_names = ["LIBRARY", "NEW_LIBRARY"])]
-    replace_needed: Vec<String>,
+    replace_needed: Vec<OsString>,
     #[arg(long)]
     print_needed: bool,
     #[arg(long, value_name = "SONAME")]
-    set_soname: Option<String>,
+    set_soname: Option<OsString>,
     #[arg(long)]
     print_soname: bool,
     /// Print everything: interpreter, run path and its kind, needed, soname, OS ABI, version needs.
@@ -145,7 +147,8 @@ fn run_one(args: &ElfArgs, path: &Path) -> Result<()> {
 }
 
 fn edits_for(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<Edits> {
-    let bytes = |s: &str| s.as_bytes().to_vec();
+    // Names and paths are bytes to the loader: an argument that is not UTF-8 is taken as given.
+    let bytes = |s: &OsStr| s.as_bytes().to_vec();
     let mut edits = Edits {
         interpreter: args
             .set_interpreter
@@ -168,56 +171,67 @@ fn edits_for(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<Edits> {
         },
         run_path: None,
     };
-    let current = elf
-        .run_path()
-        .map(|(_, p)| String::from_utf8_lossy(p).into_owned());
+    let current = elf.run_path().map(|(_, p)| p);
     edits.run_path = if args.remove_rpath {
         Some(RunPathEdit::Remove)
     } else if args.shrink_rpath {
-        let prefixes = args.allowed_rpath_prefixes.as_deref();
-        current.map(|c| RunPathEdit::Set(bytes(&shrink(elf, path, &c, prefixes))))
+        let prefixes = args.allowed_rpath_prefixes.as_deref().map(OsStr::as_bytes);
+        current.map(|c| RunPathEdit::Set(shrink(elf, path, c, prefixes)))
     } else if let Some(p) = &args.set_rpath {
         Some(RunPathEdit::Set(bytes(p)))
     } else if let Some(add) = &args.add_rpath {
-        let joined = match current.as_deref() {
-            Some(c) if !c.is_empty() => format!("{c}:{add}"),
-            _ => add.clone(),
+        let joined = match current {
+            Some(c) if !c.is_empty() => [c, b":", add.as_bytes()].concat(),
+            _ => bytes(add),
         };
-        Some(RunPathEdit::Set(bytes(&joined)))
+        Some(RunPathEdit::Set(joined))
     } else {
         None
     };
     Ok(edits)
 }
 
-/// Keeps the run path entries that hold one of the needed libraries (of the file's machine).
-fn shrink(elf: &Elf, path: &Path, run_path: &str, prefixes: Option<&str>) -> String {
-    let origin = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let needed: Vec<String> = elf
-        .needed()
-        .iter()
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect();
-    let allowed = |dir: &str| {
+/// Keeps the run path entries that hold one of the needed libraries (of the file's machine),
+/// each as the file has it.
+fn shrink(elf: &Elf, path: &Path, run_path: &[u8], prefixes: Option<&[u8]>) -> Vec<u8> {
+    let origin = path
+        .parent()
+        .unwrap_or(Path::new(""))
+        .as_os_str()
+        .as_bytes();
+    let needed = elf.needed();
+    let allowed = |dir: &[u8]| {
         prefixes.is_none_or(|p| {
-            p.split(':')
+            p.split(|&b| b == b':')
                 .filter(|x| !x.is_empty())
                 .any(|x| dir.starts_with(x))
         })
     };
-    let serves = |dir: &str| {
-        let real = dir
-            .replace("$ORIGIN", &origin.to_string_lossy())
-            .replace("${ORIGIN}", &origin.to_string_lossy());
+    let serves = |dir: &[u8]| {
+        let real = replace(&replace(dir, b"${ORIGIN}", origin), b"$ORIGIN", origin);
+        let real = Path::new(OsStr::from_bytes(&real));
         needed
             .iter()
-            .any(|n| same_machine(elf, &Path::new(&real).join(n)))
+            .any(|n| same_machine(elf, &real.join(OsStr::from_bytes(n))))
     };
-    let kept: Vec<&str> = run_path
-        .split(':')
+    let kept: Vec<&[u8]> = run_path
+        .split(|&b| b == b':')
         .filter(|d| !d.is_empty() && allowed(d) && serves(d))
         .collect();
-    kept.join(":")
+    kept.join(&b':')
+}
+
+/// `text` with every `from` replaced by `to`.
+fn replace(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 fn same_machine(elf: &Elf, candidate: &Path) -> bool {
@@ -260,22 +274,23 @@ fn print(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<()> {
         }
         return Ok(());
     }
+    // Printed as the file has them, as patchelf does, so that they can be given back.
+    let mut line = |bytes: &[u8]| -> std::io::Result<()> {
+        out.write_all(bytes)?;
+        out.write_all(b"\n")
+    };
     if args.print_interpreter {
-        writeln!(out, "{}", elf.interpreter().map(text).unwrap_or_default())?;
+        line(elf.interpreter().unwrap_or_default())?;
     }
     if let Some(s) = elf.soname().filter(|_| args.print_soname) {
-        writeln!(out, "{}", text(s))?;
+        line(s)?;
     }
     if args.print_rpath {
-        writeln!(
-            out,
-            "{}",
-            elf.run_path().map(|(_, p)| text(p)).unwrap_or_default()
-        )?;
+        line(elf.run_path().map(|(_, p)| p).unwrap_or_default())?;
     }
     if args.print_needed {
         for n in elf.needed() {
-            writeln!(out, "{}", text(n))?;
+            line(n)?;
         }
     }
     Ok(())
