@@ -559,6 +559,15 @@ fn plan_file(
     }
     if info.interpreter.is_some() {
         match &settings.interpreter {
+            Some(interp) if interp.to_str().is_none() => {
+                plan.action = Action::Error {
+                    message: format!(
+                        "the interpreter's path is not UTF-8 ({}); pass an --interpreter whose path is",
+                        interp.display()
+                    ),
+                };
+                return plan;
+            }
             Some(interp) if interpreter_fits(interp, info) => {
                 let wanted = interp.display().to_string();
                 if info.interpreter.as_deref() != Some(wanted.as_str()) {

@@ -1,6 +1,6 @@
-//! `autopatch fix` on libraries whose run path has entries that are not UTF-8: an entry kept
-//! from the old run path keeps its bytes, and a run path whose entries cannot be told apart as
-//! text leaves the file as it was, with a message saying why.
+//! `autopatch fix` where bytes are not UTF-8: a run path entry kept from the old run path keeps
+//! its bytes; a run path whose entries cannot be told apart as text, or an interpreter whose
+//! path is not UTF-8, leaves the file as it was, with a message saying why.
 
 mod common;
 
@@ -105,4 +105,48 @@ fn entries_that_read_alike_as_text_leave_the_file_as_it_was() {
         text(&out)
     );
     assert_eq!(fs::read(&lib).unwrap(), before, "the file was changed");
+}
+
+#[test]
+fn an_interpreter_whose_path_is_not_utf8_leaves_programs_as_they_were() {
+    let nix = common::require_nixroot();
+    let work = tempfile::tempdir().unwrap();
+    let env = work.path().join("env");
+    fs::create_dir_all(env.join("conda-meta")).unwrap();
+    fs::create_dir_all(env.join("bin")).unwrap();
+    let program = env.join("bin/true");
+    fs::copy("/bin/true", &program).unwrap();
+    let before = fs::read(&program).unwrap();
+    let loader_dir = work.path().join(OsStr::from_bytes(b"glibc-\xe9"));
+    fs::create_dir(&loader_dir).unwrap();
+    let loader = loader_dir.join("ld-linux-x86-64.so.2");
+    fs::copy(&nix.ld, &loader).unwrap();
+
+    let cache = work.path().join("cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_autopatch"))
+        .arg("fix")
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--interpreter")
+        .arg(&loader)
+        .arg(&env)
+        .env("XDG_CONFIG_HOME", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "fix should fail on it: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("not UTF-8"),
+        "the message should say why: {}",
+        text(&out)
+    );
+    assert_eq!(
+        fs::read(&program).unwrap(),
+        before,
+        "the program was changed"
+    );
 }
