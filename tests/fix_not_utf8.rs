@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use autopatch::elf::Elf;
 
@@ -42,6 +42,27 @@ fn library_needing_zlib(env: &Path, run_path: &[u8]) -> std::path::PathBuf {
     );
     fs::remove_file(source).unwrap();
     lib
+}
+
+/// `fix` failed, said that something is not UTF-8, and left `file` as `before`.
+fn assert_refused_and_left_alone(out: &Output, file: &Path, before: &[u8]) {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "fix should fail on it: {}",
+        text(out)
+    );
+    assert!(
+        text(out).contains("not UTF-8"),
+        "the message should say why: {}",
+        text(out)
+    );
+    assert_eq!(
+        fs::read(file).unwrap(),
+        before,
+        "{} was changed",
+        file.display()
+    );
 }
 
 fn run_path_of(lib: &Path) -> Vec<u8> {
@@ -93,18 +114,7 @@ fn entries_that_read_alike_as_text_leave_the_file_as_it_was() {
     let before = fs::read(&lib).unwrap();
 
     let out = fix(&work.path().join("cache"), &[], &[&env]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "fix should fail on it: {}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("not UTF-8"),
-        "the message should say why: {}",
-        text(&out)
-    );
-    assert_eq!(fs::read(&lib).unwrap(), before, "the file was changed");
+    assert_refused_and_left_alone(&out, &lib, &before);
 }
 
 #[test]
@@ -133,20 +143,5 @@ fn an_interpreter_whose_path_is_not_utf8_leaves_programs_as_they_were() {
         .env("XDG_CONFIG_HOME", &cache)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "fix should fail on it: {}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("not UTF-8"),
-        "the message should say why: {}",
-        text(&out)
-    );
-    assert_eq!(
-        fs::read(&program).unwrap(),
-        before,
-        "the program was changed"
-    );
+    assert_refused_and_left_alone(&out, &program, &before);
 }
