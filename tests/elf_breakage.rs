@@ -337,6 +337,84 @@ fn run_paths_and_names_that_are_not_utf8_keep_their_bytes() {
     assert_eq!(patchelf_prints("--print-soname", &lib), soname);
 }
 
+/// `file` with its `DT_VERNEEDNUM` entry turned into a `DT_CHECKSUM`, which the loader ignores.
+fn drop_verneed_count(file: &Path) {
+    const DT_VERNEEDNUM: u64 = 0x6fff_ffff;
+    const DT_CHECKSUM: u64 = 0x6fff_fdf8;
+    let mut bytes = fs::read(file).unwrap();
+    let dynamic = {
+        let elf = Elf::parse(&bytes).unwrap();
+        let section = elf.sections.iter().find(|s| s.name == b".dynamic").unwrap();
+        section.offset as usize..(section.offset + section.size) as usize
+    };
+    let at = (dynamic.start..dynamic.end)
+        .step_by(16)
+        .find(|&at| bytes[at..at + 8] == DT_VERNEEDNUM.to_le_bytes())
+        .expect("a DT_VERNEEDNUM entry");
+    bytes[at..at + 8].copy_from_slice(&DT_CHECKSUM.to_le_bytes());
+    fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn version_needs_without_their_count_are_read_as_the_loader_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &[]);
+    autopatch_ok(&["--set-rpath", "$ORIGIN/lib"], &fx.exe);
+    let counted = Elf::parse(&fs::read(&fx.exe).unwrap())
+        .unwrap()
+        .version_needs();
+    drop_verneed_count(&fx.exe);
+    let walked = Elf::parse(&fs::read(&fx.exe).unwrap())
+        .unwrap()
+        .version_needs();
+    let files = |needs: &[autopatch::elf::VersionNeed]| -> Vec<(String, Vec<String>)> {
+        needs
+            .iter()
+            .map(|n| (n.file.clone(), n.versions.clone()))
+            .collect()
+    };
+    assert_eq!(files(&walked), files(&counted));
+    assert!(
+        files(&walked)
+            .iter()
+            .any(|(f, v)| f == "libgreet.so" && v.contains(&"GREET_1.0".to_string()))
+    );
+    assert_greets(&[&fx.exe]);
+
+    // A libgreet with another version: the loader still checks the need, and so must `check`.
+    let script = fx.dir.join("greet2.map");
+    fs::write(&script, "GREET_2.0 { global: greet; local: *; };\n").unwrap();
+    compile(
+        "gcc",
+        &fx.dir.join("lib"),
+        "libgreet.so",
+        "const char *greet(void) { return \"hello from libgreet\"; }\n",
+        &[
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libgreet.so",
+            &format!("-Wl,--version-script={}", script.display()),
+        ],
+    );
+    let run = output(&mut Command::new(&fx.exe));
+    assert!(
+        !run.status.success() && text(&run.stderr).contains("GREET_1.0"),
+        "the loader should refuse it: {}",
+        text(&run.stderr)
+    );
+    let check = output(
+        Command::new(env!("CARGO_BIN_EXE_autopatch"))
+            .args(["check", "--interpreter", HOST_LD])
+            .arg(&fx.exe),
+    );
+    assert!(
+        !check.status.success() && text(&check.stdout).contains("GREET_1.0"),
+        "check should find the missing version: {}{}",
+        text(&check.stdout),
+        text(&check.stderr)
+    );
+}
+
 #[test]
 fn rpath_kind_is_kept_and_converted() {
     let tmp = tempfile::tempdir().unwrap();

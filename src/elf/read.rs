@@ -326,7 +326,7 @@ impl<'a> Elf<'a> {
 
     fn read_version_needs(&self) -> Option<Vec<VersionNeed>> {
         let strtab = self.strtab.as_ref()?;
-        let count = self.dyn_value(DT_VERNEEDNUM)?;
+        let count = self.version_records(DT_VERNEEDNUM);
         let mut at = self.vaddr_to_offset(self.dyn_value(DT_VERNEED)?)?;
         let c = self.codec();
         let mut needs = Vec::new();
@@ -393,6 +393,12 @@ impl<'a> Elf<'a> {
         pieces.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0)
     }
 
+    /// How many records a version table has: its count tag's value, or without one as many as
+    /// its records' `next` links reach, as glibc walks them (its loader never reads the count).
+    fn version_records(&self, count_tag: i64) -> u64 {
+        self.dyn_value(count_tag).unwrap_or(u64::MAX)
+    }
+
     fn version_tables(&self) -> impl Iterator<Item = (u64, u64, &'static VersionLayout)> + '_ {
         [
             (DT_VERNEED, DT_VERNEEDNUM, &NEED_LAYOUT),
@@ -400,7 +406,7 @@ impl<'a> Elf<'a> {
         ]
         .into_iter()
         .filter_map(|(table, count, layout)| {
-            Some((self.dyn_value(table)?, self.dyn_value(count)?, layout))
+            Some((self.dyn_value(table)?, self.version_records(count), layout))
         })
     }
 
@@ -467,7 +473,7 @@ impl<'a> Elf<'a> {
     fn read_version_defs(&self) -> Option<Vec<VersionDef>> {
         const VER_FLG_BASE: u16 = 1;
         let strtab = self.strtab.as_ref()?;
-        let count = self.dyn_value(DT_VERDEFNUM)?;
+        let count = self.version_records(DT_VERDEFNUM);
         let mut at = self.vaddr_to_offset(self.dyn_value(DT_VERDEF)?)?;
         let c = self.codec();
         let mut defs = Vec::new();
@@ -645,10 +651,9 @@ fn check_strings(elf: &Elf) -> Result<(), ElfError> {
 /// The version needs and definitions a file declares must be readable, their names inside the
 /// string table: the loader checks them, and an edit must know every string they name.
 fn check_versions(elf: &Elf) -> Result<(), ElfError> {
-    let declared = |table, count| elf.dyn_value(table).is_some() && elf.dyn_value(count).is_some();
-    let needs_unreadable =
-        declared(DT_VERNEED, DT_VERNEEDNUM) && elf.read_version_needs().is_none();
-    let defs_unreadable = declared(DT_VERDEF, DT_VERDEFNUM) && elf.read_version_defs().is_none();
+    let declared = |table| elf.dyn_value(table).is_some();
+    let needs_unreadable = declared(DT_VERNEED) && elf.read_version_needs().is_none();
+    let defs_unreadable = declared(DT_VERDEF) && elf.read_version_defs().is_none();
     if needs_unreadable || defs_unreadable {
         return Err(ElfError::malformed(
             "the symbol versions lie outside the file or name strings past the end of the string table",
