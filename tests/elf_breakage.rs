@@ -11,7 +11,8 @@ use std::process::Command;
 
 use autopatch::elf::Elf;
 use common::elf::{
-    Fixture, autopatch, compile, fixture, long_loader, long_run_path, output, print, text,
+    Fixture, autopatch, compile, fixture, greet_library, long_loader, long_run_path, output, print,
+    text,
 };
 
 const GREETING: &str = "hello from libgreet\n";
@@ -382,20 +383,7 @@ fn version_needs_without_their_count_are_read_as_the_loader_reads_them() {
     assert_greets(&[&fx.exe]);
 
     // A libgreet with another version: the loader still checks the need, and so must `check`.
-    let script = fx.dir.join("greet2.map");
-    fs::write(&script, "GREET_2.0 { global: greet; local: *; };\n").unwrap();
-    compile(
-        "gcc",
-        &fx.dir.join("lib"),
-        "libgreet.so",
-        "const char *greet(void) { return \"hello from libgreet\"; }\n",
-        &[
-            "-shared",
-            "-fPIC",
-            "-Wl,-soname,libgreet.so",
-            &format!("-Wl,--version-script={}", script.display()),
-        ],
-    );
+    greet_library("gcc", &fx.dir, "GREET_2.0");
     let run = output(&mut Command::new(&fx.exe));
     assert!(
         !run.status.success() && text(&run.stderr).contains("GREET_1.0"),

@@ -53,12 +53,17 @@ pub struct Fixture {
     pub lib: PathBuf,
 }
 
-pub fn fixture(compiler: &str, dir: &Path, exe_args: &[&str]) -> Fixture {
+/// `dir/lib/libgreet.so`, whose `greet` has the symbol version `version`.
+pub fn greet_library(compiler: &str, dir: &Path, version: &str) -> PathBuf {
     let lib_dir = dir.join("lib");
     fs::create_dir_all(&lib_dir).unwrap();
-    let script = dir.join("greet.map");
-    fs::write(&script, "GREET_1.0 { global: greet; local: *; };\n").unwrap();
-    let lib = compile(
+    let script = dir.join(format!("greet-{version}.map"));
+    fs::write(
+        &script,
+        format!("{version} {{ global: greet; local: *; }};\n"),
+    )
+    .unwrap();
+    compile(
         compiler,
         &lib_dir,
         "libgreet.so",
@@ -69,7 +74,12 @@ pub fn fixture(compiler: &str, dir: &Path, exe_args: &[&str]) -> Fixture {
             "-Wl,-soname,libgreet.so",
             &format!("-Wl,--version-script={}", script.display()),
         ],
-    );
+    )
+}
+
+pub fn fixture(compiler: &str, dir: &Path, exe_args: &[&str]) -> Fixture {
+    let lib_dir = dir.join("lib");
+    let lib = greet_library(compiler, dir, "GREET_1.0");
     let mut args = vec![
         "-L".to_string(),
         lib_dir.display().to_string(),
