@@ -535,7 +535,28 @@ pub fn expand_origin(entry: &str, origin: &Path) -> PathBuf {
         return PathBuf::from(entry);
     }
     let o = origin.to_string_lossy();
-    PathBuf::from(entry.replace("${ORIGIN}", &o).replace("$ORIGIN", &o))
+    PathBuf::from(OsStr::from_bytes(&expand_origin_bytes(
+        entry.as_bytes(),
+        o.as_bytes(),
+    )))
+}
+
+/// [`expand_origin`] on bytes: `$ORIGIN` (or `${ORIGIN}`) in `entry` replaced by `origin`.
+pub fn expand_origin_bytes(entry: &[u8], origin: &[u8]) -> Vec<u8> {
+    replace(&replace(entry, b"${ORIGIN}", origin), b"$ORIGIN", origin)
+}
+
+/// `text` with every `from` replaced by `to`.
+fn replace(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// Removes `.` and `..` components and repeated slashes lexically, as the loader does with

@@ -208,7 +208,7 @@ fn shrink(elf: &Elf, path: &Path, run_path: &[u8], prefixes: Option<&[u8]>) -> V
         })
     };
     let serves = |dir: &[u8]| {
-        let real = replace(&replace(dir, b"${ORIGIN}", origin), b"$ORIGIN", origin);
+        let real = crate::resolve::expand_origin_bytes(dir, origin);
         let real = Path::new(OsStr::from_bytes(&real));
         needed
             .iter()
@@ -219,19 +219,6 @@ fn shrink(elf: &Elf, path: &Path, run_path: &[u8], prefixes: Option<&[u8]>) -> V
         .filter(|d| !d.is_empty() && allowed(d) && serves(d))
         .collect();
     kept.join(&b':')
-}
-
-/// `text` with every `from` replaced by `to`.
-fn replace(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
-        out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(to);
-        rest = &rest[at + from.len()..];
-    }
-    out.extend_from_slice(rest);
-    out
 }
 
 fn same_machine(elf: &Elf, candidate: &Path) -> bool {
