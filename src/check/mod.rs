@@ -44,8 +44,7 @@ pub use report::{FileReport, Problem, ProblemKind, Resolved, Via};
 
 use crate::fastmap::{FastMap, FastSet};
 
-// A panic elsewhere cannot leave a cache map half-written: the caches are used on after one.
-
+// The lock helpers below keep using a cache after a panic elsewhere: none is left half-written.
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
