@@ -207,6 +207,49 @@ fn alternating_long_and_short_values_stay_within_one_growth() {
     }
 }
 
+/// A grown file whose symbol is named by a string an edit appended: rebuilding the string table
+/// from its pre-growth part would lose the name, so the next growing edit is refused and the
+/// file left as it was.
+#[test]
+fn a_symbol_named_past_the_pre_growth_strings_is_not_lost() {
+    const DT_SYMTAB: i64 = 6;
+    const RUN_PATH_TAGS: [i64; 2] = [15, 29];
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &[]);
+    autopatch_ok(
+        &["--set-rpath", &long_run_path("$ORIGIN/lib", "first")],
+        &fx.exe,
+    );
+    let mut bytes = fs::read(&fx.exe).unwrap();
+    let elf = Elf::parse(&bytes).unwrap();
+    let value = |tags: &[i64]| {
+        let entries = elf.dynamic_entries().iter();
+        entries
+            .filter(|e| tags.contains(&e.tag))
+            .map(|e| e.val)
+            .next()
+            .unwrap()
+    };
+    let appended = value(&RUN_PATH_TAGS);
+    let symtab = elf.vaddr_to_offset(value(&[DT_SYMTAB])).unwrap() as usize;
+    // Symbol 1's `st_name` (an `Elf64_Sym` is 24 bytes) now names the appended run path.
+    let st_name = symtab + 24;
+    bytes[st_name..st_name + 4].copy_from_slice(&(appended as u32).to_le_bytes());
+    fs::write(&fx.exe, &bytes).unwrap();
+
+    let o = autopatch(
+        &["--set-rpath", &long_run_path("$ORIGIN/lib", "second")],
+        &fx.exe,
+    );
+    assert!(!o.status.success(), "the rebuild was not refused");
+    assert!(
+        text(&o.stderr).contains("symbol names lie past"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(fs::read(&fx.exe).unwrap(), bytes, "the file was changed");
+}
+
 /// Builds `lib/libextra.so`, which announces itself when loaded.
 fn extra_lib(fx: &Fixture) {
     compile(
@@ -400,6 +443,93 @@ fn version_needs_without_their_count_are_read_as_the_loader_reads_them() {
         "check should find the missing version: {}{}",
         text(&check.stdout),
         text(&check.stderr)
+    );
+}
+
+/// The dynamic symbol names of `file`, as nm lists them.
+fn dynamic_symbols(file: &Path) -> String {
+    let o = output(Command::new("nm").arg("-D").arg(file));
+    assert!(
+        o.status.success(),
+        "nm -D {}: {}",
+        file.display(),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+/// How often `needle` occurs in the dynamic string table of `file`.
+fn in_dynstr(file: &Path, needle: &[u8]) -> usize {
+    let bytes = fs::read(file).unwrap();
+    let elf = Elf::parse(&bytes).unwrap();
+    let dynstr = elf.sections.iter().find(|s| s.name == b".dynstr").unwrap();
+    let table = &bytes[dynstr.offset as usize..(dynstr.offset + dynstr.size) as usize];
+    table.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+/// GNU ld lets a symbol's name share the bytes of a run path that ends with it (patchelf's
+/// issues 162 and 315): a shorter run path written over the old one renamed the symbol, and the
+/// library no longer linked.
+#[test]
+fn symbols_named_by_the_end_of_a_run_path_keep_their_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let lib = dir.join("lib");
+    fs::create_dir_all(&lib).unwrap();
+    compile(
+        "gcc",
+        &lib,
+        "libnames.so",
+        "int lib = 40;\nint system2(void) { return 2; }\n",
+        &["-shared", "-fPIC", "-Wl,-soname,libnames.so"],
+    );
+    let link_dir = format!("-L{}", lib.display());
+    let user = |name: &str, source: &str, run_path: &str| {
+        let rpath = format!("-Wl,-rpath,{run_path}");
+        let args = ["-shared", "-fPIC", &link_dir, "-lnames", &rpath];
+        compile("gcc", &lib, name, source, &args)
+    };
+    let whole = user(
+        "libwhole.so",
+        "extern int lib;\nint whole(void) { return lib; }\n",
+        "lib",
+    );
+    let tail = user(
+        "libtail.so",
+        "int system2(void);\nint tail(void) { return system2(); }\n",
+        "/opt/x/system2",
+    );
+    // The linker did share them: each name is in the file once, inside the run path.
+    assert_eq!(in_dynstr(&whole, b"\0lib\0"), 1);
+    assert_eq!(in_dynstr(&tail, b"system2\0"), 1);
+    assert_eq!(in_dynstr(&tail, b"/opt/x/system2\0"), 1);
+    let exe = compile(
+        "gcc",
+        dir,
+        "main",
+        "#include <stdio.h>\nint whole(void);\nint tail(void);\n\
+         int main(void) { printf(\"%d\\n\", whole() + tail()); return 0; }\n",
+        &[&link_dir, "-lwhole", "-ltail", "-lnames"],
+    );
+
+    let symbols_before = [dynamic_symbols(&whole), dynamic_symbols(&tail)];
+    autopatch_ok(&["--set-rpath", "ab"], &whole);
+    autopatch_ok(&["--set-rpath", "/a/b"], &tail);
+    assert_eq!(print("--print-rpath", &whole), "ab");
+    assert_eq!(print("--print-rpath", &tail), "/a/b");
+    assert_eq!(
+        [dynamic_symbols(&whole), dynamic_symbols(&tail)],
+        symbols_before
+    );
+    assert_readelf_clean(&whole);
+    assert_readelf_clean(&tail);
+    let run = output(Command::new(&exe).env("LD_LIBRARY_PATH", &lib));
+    assert!(
+        run.status.success() && text(&run.stdout) == "42\n",
+        "{}: stdout {:?}, stderr {:?}",
+        run.status,
+        text(&run.stdout),
+        text(&run.stderr)
     );
 }
 

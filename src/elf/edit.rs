@@ -87,11 +87,7 @@ pub fn plan(elf: &Elf, edits: &Edits) -> Result<Option<Rewrite>, ElfError> {
         // The table is rebuilt from its pre-growth part, so what earlier edits appended and is
         // still in use is appended again, and nothing accumulates.
         base_len = region_base.min(table_len);
-        if version_names_past(elf, base_len as u64) {
-            return Err(ElfError::malformed(
-                "symbol version names lie past the string table the growth region was made from",
-            ));
-        }
+        names_past_base(elf, base_len as u64)?;
         carry_appended(elf, base_len as u64, &mut slots, &mut fields);
         placement = place_strings(elf, base_len, &mut slots, &fields);
     }
@@ -366,16 +362,24 @@ fn vn_file_updates(elf: &Elf, edits: &Edits) -> Vec<FieldString> {
         .collect()
 }
 
-/// Whether a version name lies at or past `base_len`: edits never append one, and a rebuilt
-/// string table would lose it.
-fn version_names_past(elf: &Elf, base_len: u64) -> bool {
-    let needs = elf.version_needs();
-    let defs = elf.version_defs();
-    needs
-        .iter()
-        .flat_map(|n| n.version_strings.iter().copied())
-        .chain(defs.iter().map(|d| d.name_string))
-        .any(|at| at >= base_len)
+/// Refuses a rebuild of the string table from its first `base_len` bytes when a version name or
+/// a symbol name lies past them: edits never append one, so the rebuilt table would lose it.
+fn names_past_base(elf: &Elf, base_len: u64) -> Result<(), ElfError> {
+    if elf.version_name_strings().iter().any(|&at| at >= base_len) {
+        return Err(ElfError::malformed(
+            "symbol version names lie past the string table the growth region was made from",
+        ));
+    }
+    match elf.symbol_name_strings() {
+        Some(names) if names.iter().all(|&at| at < base_len) => Ok(()),
+        Some(_) => Err(ElfError::malformed(
+            "symbol names lie past the string table the growth region was made from",
+        )),
+        None => Err(ElfError::malformed(
+            "the number of dynamic symbols cannot be told (no readable hash table or section \
+             header), so the string table cannot be rebuilt without losing their names",
+        )),
+    }
 }
 
 /// Re-requests the strings past `base_len` that entries and version needs still point at.
@@ -436,8 +440,7 @@ fn place_strings(
     if requests.is_empty() {
         return None;
     }
-    let references = elf.string_references();
-    let placement = strings::place(strtab, base_len, &requests, &references);
+    let placement = strings::place(strtab, base_len, &requests, || elf.string_references());
     for (k, &i) in wanted.iter().enumerate() {
         slots[i].val = placement.offsets[k];
     }

@@ -2,7 +2,9 @@
 
 use object::Endianness;
 use object::elf::{FileHeader32, FileHeader64};
-use object::read::elf::{FileHeader, ProgramHeader as _, SectionHeader as _};
+use object::read::elf::{
+    FileHeader, GnuHashTable, HashTable, ProgramHeader as _, SectionHeader as _,
+};
 
 use super::codec::Codec;
 use super::error::ElfError;
@@ -16,11 +18,14 @@ pub(crate) const PF_R: u32 = 4;
 
 pub(crate) const DT_NULL: i64 = 0;
 pub(crate) const DT_NEEDED: i64 = 1;
+const DT_HASH: i64 = 4;
 pub(crate) const DT_STRTAB: i64 = 5;
+const DT_SYMTAB: i64 = 6;
 pub(crate) const DT_STRSZ: i64 = 10;
 pub(crate) const DT_SONAME: i64 = 14;
 pub(crate) const DT_RPATH: i64 = 15;
 pub(crate) const DT_RUNPATH: i64 = 29;
+const DT_GNU_HASH: i64 = 0x6fff_fef5;
 const DT_VERDEF: i64 = 0x6fff_fffc;
 const DT_VERDEFNUM: i64 = 0x6fff_fffd;
 const DT_VERNEED: i64 = 0x6fff_fffe;
@@ -39,6 +44,7 @@ pub(crate) const STRING_TAGS: [i64; 9] = [
 ];
 
 const SHT_NOBITS: u32 = 8;
+const SHT_DYNSYM: u32 = 11;
 
 /// ELF class: the size of addresses and offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -450,19 +456,109 @@ impl<'a> Elf<'a> {
         }
     }
 
-    /// Offsets into the dynamic string table that something in the file refers to.
-    pub(crate) fn string_references(&self) -> Vec<u64> {
+    /// Offsets into the dynamic string table that something in the file refers to: dynamic
+    /// entries, version tables and dynamic symbols. `None` when the number of dynamic symbols
+    /// cannot be told, so any string may be a symbol's name.
+    pub(crate) fn string_references(&self) -> Option<Vec<u64>> {
         let dynamic = self
             .dynamic_entries()
             .iter()
             .filter(|e| STRING_TAGS.contains(&e.tag))
             .map(|e| e.val);
+        let files = self.version_needs().into_iter().map(|n| n.file_string);
+        let mut references: Vec<u64> = dynamic.chain(files).collect();
+        references.extend(self.version_name_strings());
+        references.extend(self.symbol_name_strings()?);
+        Some(references)
+    }
+
+    /// The string offsets of the version names the version tables give: each version needed,
+    /// and every name a definition gives (its own, then its parents').
+    pub(crate) fn version_name_strings(&self) -> Vec<u64> {
         let needs = self
             .version_needs()
             .into_iter()
-            .flat_map(|n| std::iter::once(n.file_string).chain(n.version_strings));
-        let defs = self.version_defs().into_iter().map(|d| d.name_string);
-        dynamic.chain(needs).chain(defs).collect()
+            .flat_map(|n| n.version_strings);
+        let mut names: Vec<u64> = needs.collect();
+        if let Some(vaddr) = self.dyn_value(DT_VERDEF) {
+            let c = self.codec();
+            let count = self.version_records(DT_VERDEFNUM);
+            self.walk_version_table(vaddr, count, &DEF_LAYOUT, &mut |at, len| {
+                // `vda_name` opens each auxiliary entry; records are longer.
+                if len == DEF_LAYOUT.aux
+                    && let Some(aux) = slice(self.data, at, 4)
+                {
+                    names.push(u64::from(c.read_u32(aux)));
+                }
+            });
+        }
+        names
+    }
+
+    /// The string offsets the dynamic symbols name (`st_name`; the empty name left out), or
+    /// `None` when the symbol table's length cannot be told. Linkers share string tails, so a
+    /// symbol may be named by the end of a run path.
+    pub(crate) fn symbol_name_strings(&self) -> Option<Vec<u64>> {
+        let Some(symtab) = self.dyn_value(DT_SYMTAB) else {
+            return Some(Vec::new());
+        };
+        let entry = self.symbol_size();
+        let count = self.dynamic_symbol_count(symtab)?;
+        let at = self.vaddr_to_offset(symtab)?;
+        let table = slice(self.data, at, count.checked_mul(entry)?)?;
+        let c = self.codec();
+        Some(
+            table
+                .chunks_exact(entry as usize)
+                .map(|symbol| u64::from(c.read_u32(symbol)))
+                .filter(|&name| name != 0)
+                .collect(),
+        )
+    }
+
+    /// How many entries the dynamic symbol table at `symtab` has, from its hash tables as the
+    /// loader reads them, else from its section header.
+    fn dynamic_symbol_count(&self, symtab: u64) -> Option<u64> {
+        let hashed = match self.class {
+            Class::Elf32 => self.hashed_symbol_count::<FileHeader32<Endianness>>(),
+            Class::Elf64 => self.hashed_symbol_count::<FileHeader64<Endianness>>(),
+        };
+        hashed.or_else(|| {
+            self.sections
+                .iter()
+                .find(|s| s.sh_type == SHT_DYNSYM && s.addr == symtab)
+                .map(|s| s.size / self.symbol_size())
+        })
+    }
+
+    /// The size of an `Elf32_Sym` or `Elf64_Sym`.
+    fn symbol_size(&self) -> u64 {
+        match self.class {
+            Class::Elf32 => 16,
+            Class::Elf64 => 24,
+        }
+    }
+
+    fn hashed_symbol_count<H: FileHeader<Endian = Endianness>>(&self) -> Option<u64> {
+        let endian = if self.little_endian {
+            Endianness::Little
+        } else {
+            Endianness::Big
+        };
+        let table = |tag| {
+            let at = self.vaddr_to_offset(self.dyn_value(tag)?)?;
+            self.data.get(usize::try_from(at).ok()?..)
+        };
+        let sysv = table(DT_HASH)
+            .and_then(|data| HashTable::<H>::parse(endian, data).ok())
+            .map(|t| t.symbol_table_length());
+        let gnu = || {
+            let data = table(DT_GNU_HASH)?;
+            GnuHashTable::<H>::parse(endian, data)
+                .ok()?
+                .symbol_table_length(endian)
+        };
+        sysv.or_else(gnu).map(u64::from)
     }
 
     /// The versions this file defines (`DT_VERDEF`).

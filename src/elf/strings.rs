@@ -1,5 +1,7 @@
 //! Placing new strings in the dynamic string table: reuse, overwrite in place, or append.
 
+use std::cell::LazyCell;
+
 use super::read::StrTab;
 
 /// A string some field must point at, and the string offset that field points at now.
@@ -22,15 +24,17 @@ pub(crate) struct Placement {
     pub overwrites: Vec<(u64, Vec<u8>)>,
 }
 
-/// Places `requests` in a table whose first `base_len` bytes are kept. `references` lists every
-/// offset something in the file points at, so a string is overwritten only when every user of it
-/// wants the same new value.
+/// Places `requests` in a table whose first `base_len` bytes are kept. `references` gives every
+/// offset something in the file points at (`None`: not all are known), so a string is
+/// overwritten only when every user of it wants the same new value. It is called only when a
+/// new string fits in place of an old one: gathering symbol names reads the symbol table.
 pub(crate) fn place(
     strtab: &StrTab,
     base_len: usize,
     requests: &[Request],
-    references: &[u64],
+    references: impl FnOnce() -> Option<Vec<u64>>,
 ) -> Placement {
+    let references = LazyCell::new(references);
     let base = &strtab.bytes[..base_len.min(strtab.bytes.len())];
     let mut table = base.to_vec();
     let mut offsets = vec![None; requests.len()];
@@ -39,7 +43,9 @@ pub(crate) fn place(
         let Some(old) = req.old else { continue };
         if overwrites.iter().any(|(at, _): &(u64, Vec<u8>)| *at == old) {
             offsets[i] = Some(old);
-        } else if can_overwrite(base, old, &req.string, i, requests, references) {
+        } else if can_overwrite(base, old, &req.string, i, requests, || {
+            references.as_deref()
+        }) {
             let old_len = string_len(base, old);
             let mut bytes = req.string.clone();
             bytes.resize(old_len, 0);
@@ -85,13 +91,13 @@ fn string_len(table: &[u8], at: u64) -> usize {
 /// An old string may be overwritten when the new one fits in its bytes, it is nobody's suffix
 /// (the byte before it ends another string), no other reference points into it, and every
 /// reference to it is a request for the same new string.
-fn can_overwrite(
+fn can_overwrite<'r>(
     base: &[u8],
     old: u64,
     new: &[u8],
     index: usize,
     requests: &[Request],
-    references: &[u64],
+    references: impl FnOnce() -> Option<&'r [u64]>,
 ) -> bool {
     let at = old as usize;
     if at >= base.len() || !base[at..].contains(&0) {
@@ -103,12 +109,18 @@ fn can_overwrite(
         .iter()
         .enumerate()
         .all(|(j, r)| j == index || r.old != Some(old) || r.string == requests[index].string);
+    if new.len() > old_len || !starts_string || !same_users {
+        return false;
+    }
+    let Some(references) = references() else {
+        return false;
+    };
     let wanted = requests.iter().filter(|r| r.old == Some(old)).count();
     let users = references.iter().filter(|&&r| r == old).count();
     let inner_users = references
         .iter()
         .any(|&r| r > old && r <= old + old_len as u64);
-    new.len() <= old_len && starts_string && same_users && users <= wanted && !inner_users
+    users <= wanted && !inner_users
 }
 
 /// The offset of `s` followed by NUL in `table`, shared as a suffix where possible.
@@ -147,7 +159,7 @@ mod tests {
             old: None,
             string: b"foo.so".to_vec(),
         }];
-        let p = place(&t, t.bytes.len(), &req, &[]);
+        let p = place(&t, t.bytes.len(), &req, || Some(Vec::new()));
         assert_eq!(p.offsets, vec![4]);
         assert!(!p.appended);
     }
@@ -159,9 +171,34 @@ mod tests {
             old: Some(11),
             string: b"/x".to_vec(),
         }];
-        let p = place(&t, t.bytes.len(), &req, &[1, 11]);
+        let p = place(&t, t.bytes.len(), &req, || Some(vec![1, 11]));
         assert_eq!(p.offsets, vec![11]);
         assert_eq!(&p.table[11..20], b"/x\0\0\0\0\0\0\0");
+    }
+
+    #[test]
+    fn appends_when_not_every_reference_is_known() {
+        let t = table(b"\0libfoo.so\0/opt/lib\0");
+        let req = [Request {
+            old: Some(11),
+            string: b"/x".to_vec(),
+        }];
+        let p = place(&t, t.bytes.len(), &req, || None);
+        assert!(p.appended);
+        assert_eq!(&p.table[11..20], b"/opt/lib\0");
+    }
+
+    #[test]
+    fn keeps_a_string_whose_tail_names_a_symbol() {
+        let t = table(b"\0libfoo.so\0/opt/lib\0");
+        let req = [Request {
+            old: Some(11),
+            string: b"/x".to_vec(),
+        }];
+        // A symbol named "lib" shares the run path's last bytes.
+        let p = place(&t, t.bytes.len(), &req, || Some(vec![1, 11, 16]));
+        assert!(p.appended);
+        assert_eq!(&p.table[11..20], b"/opt/lib\0");
     }
 
     #[test]
@@ -171,7 +208,7 @@ mod tests {
             old: Some(1),
             string: b"libbar.so".to_vec(),
         }];
-        let p = place(&t, t.bytes.len(), &req, &[1, 1]);
+        let p = place(&t, t.bytes.len(), &req, || Some(vec![1, 1]));
         assert!(p.appended);
         assert_eq!(p.offsets, vec![20]);
         assert_eq!(&p.table[20..], b"libbar.so\0");
@@ -184,7 +221,7 @@ mod tests {
             old: None,
             string: b"$ORIGIN".to_vec(),
         }];
-        let p = place(&t, t.bytes.len(), &req, &[1, 11]);
+        let p = place(&t, t.bytes.len(), &req, || Some(vec![1, 11]));
         assert!(p.appended);
         assert_eq!(p.offsets, vec![21]);
         assert_eq!(&p.table[11..], b"GREET_1.0\0$ORIGIN\0");
