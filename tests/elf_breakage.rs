@@ -533,6 +533,63 @@ fn symbols_named_by_the_end_of_a_run_path_keep_their_names() {
     );
 }
 
+/// A run path an edit replaces or drops leaves no trace in the file: Nix's reference scan
+/// finds store paths by their hash, so a build input's path left behind would keep it in the
+/// package's closure. Each kind of edit is checked on a library a program loads.
+#[test]
+fn replaced_run_paths_leave_no_trace() {
+    const HASH: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let lib = dir.join("lib");
+    fs::create_dir_all(&lib).unwrap();
+    let old = format!("/nix/store/{HASH}-build-input/lib");
+    let library = compile(
+        "gcc",
+        &lib,
+        "libold.so",
+        "int answer(void) { return 42; }\n",
+        &[
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libold.so",
+            &format!("-Wl,-rpath,{old}"),
+        ],
+    );
+    let exe = compile(
+        "gcc",
+        dir,
+        "main",
+        "#include <stdio.h>\nint answer(void);\nint main(void) { printf(\"%d\\n\", answer()); return 0; }\n",
+        &[&format!("-L{}", lib.display()), "-lold"],
+    );
+    let pristine = fs::read(&library).unwrap();
+    assert_eq!(in_dynstr(&library, HASH.as_bytes()), 1);
+    let symbols = dynamic_symbols(&library);
+    let longer = long_run_path("$ORIGIN", "longer");
+    let edits: [(&[&str], &str); 4] = [
+        (&["--set-rpath", &longer], &longer),
+        (&["--set-rpath", "/x"], "/x"),
+        (&["--shrink-rpath"], ""),
+        (&["--remove-rpath"], ""),
+    ];
+    for (args, run_path) in edits {
+        fs::write(&library, &pristine).unwrap();
+        autopatch_ok(args, &library);
+        let bytes = fs::read(&library).unwrap();
+        let traces = bytes
+            .windows(HASH.len())
+            .filter(|w| *w == HASH.as_bytes())
+            .count();
+        assert_eq!(traces, 0, "{args:?} left the old run path in the file");
+        assert_eq!(print("--print-rpath", &library), run_path, "{args:?}");
+        assert_eq!(dynamic_symbols(&library), symbols, "{args:?}");
+        assert_readelf_clean(&library);
+        let run = output(Command::new(&exe).env("LD_LIBRARY_PATH", &lib));
+        assert_eq!(text(&run.stdout), "42\n", "{args:?}: {}", text(&run.stderr));
+    }
+}
+
 #[test]
 fn rpath_kind_is_kept_and_converted() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Random sequences of edits (interpreter, run path, needed libraries, soname) on real files:
 //! after every step the result parses and reads back what a simple model says was set, and the
-//! rest of the dynamic section and the version needs are untouched; at the end the file still
-//! loads (`ld.so --list`), and executables still run.
+//! rest of the dynamic section, the version needs and the symbol names are untouched; at the end
+//! the file still loads (`ld.so --list`), and executables still run.
 
 mod common;
 
@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use autopatch::elf::{DynEntry, Edits, Elf, ElfError, RunPathEdit, plan};
+use object::{Object, ObjectSymbol};
 use proptest::prelude::*;
 
 const HOST_LD: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -85,8 +86,11 @@ impl Model {
     }
 }
 
-/// The entries no edit here may change, and the version needs.
-fn untouched(elf: &Elf) -> (Vec<DynEntry>, Vec<(String, Vec<String>)>) {
+/// The entries no edit here may change, the version needs, and the dynamic symbols' names (read
+/// by `object`, through the section headers).
+type Untouched = (Vec<DynEntry>, Vec<(String, Vec<String>)>, Vec<Vec<u8>>);
+
+fn untouched(elf: &Elf) -> Untouched {
     let entries = elf
         .dynamic_entries()
         .iter()
@@ -98,7 +102,12 @@ fn untouched(elf: &Elf) -> (Vec<DynEntry>, Vec<(String, Vec<String>)>) {
         .into_iter()
         .map(|n| (n.file, n.versions))
         .collect();
-    (entries, needs)
+    let file = object::File::parse(elf.data).unwrap();
+    let symbols = file
+        .dynamic_symbols()
+        .map(|s| s.name_bytes().unwrap().to_vec())
+        .collect();
+    (entries, needs, symbols)
 }
 
 /// The host's loader, and copies of it at paths of at least 60, 120 and 330 characters.

@@ -8,7 +8,7 @@ use super::read::{
 };
 use super::region::{self, Growth};
 use super::rewrite::{Rewrite, Write};
-use super::strings::{self, Request};
+use super::strings::{self, Placement, Request};
 
 const SHT_NOBITS: u32 = 8;
 const SHF_ALLOC: u64 = 2;
@@ -91,6 +91,7 @@ pub fn plan(elf: &Elf, edits: &Edits) -> Result<Option<Rewrite>, ElfError> {
         carry_appended(elf, base_len as u64, &mut slots, &mut fields);
         placement = place_strings(elf, base_len, &mut slots, &fields);
     }
+    let placement = erase_unused(elf, &slots, &fields, placement, base_len);
     let entries: Vec<DynEntry> = slots
         .iter()
         .map(|s| DynEntry {
@@ -445,6 +446,77 @@ fn place_strings(
         slots[i].val = placement.offsets[k];
     }
     Some(placement)
+}
+
+/// Zeroes the strings the edit leaves unused (old values of entries it changed or removed)
+/// where nothing still points at or into them: an old run path would otherwise stay in the
+/// file, and Nix's reference scan would still find the store paths it names. Nothing is erased
+/// when the symbols' names cannot all be known.
+fn erase_unused(
+    elf: &Elf,
+    slots: &[Slot],
+    fields: &[FieldString],
+    placement: Option<Placement>,
+    base_len: usize,
+) -> Option<Placement> {
+    let Some(strtab) = elf.strtab.as_ref() else {
+        return placement;
+    };
+    let mut live = final_string_offsets(elf, slots, fields, placement.as_ref());
+    let old_files = elf.version_needs().into_iter().map(|n| n.file_string);
+    let mut unused: Vec<u64> = elf
+        .dynamic_entries()
+        .iter()
+        .filter(|e| STRING_TAGS.contains(&e.tag))
+        .map(|e| e.val)
+        .chain(old_files)
+        .filter(|at| (*at as usize) < base_len && !live.contains(at))
+        .collect();
+    unused.sort_unstable();
+    unused.dedup();
+    if unused.is_empty() {
+        return placement;
+    }
+    let Some(symbols) = elf.symbol_name_strings() else {
+        return placement;
+    };
+    live.extend(elf.version_name_strings());
+    live.extend(symbols);
+    let mut placement = placement.unwrap_or_else(|| Placement {
+        table: strtab.bytes[..base_len].to_vec(),
+        ..Placement::default()
+    });
+    for at in unused {
+        let len = strtab.get(at).map_or(0, <[u8]>::len);
+        for (start, len) in strings::unshared_runs(&placement.table, at, len, &live) {
+            placement.table[start..start + len].fill(0);
+            placement.overwrites.push((start as u64, vec![0; len]));
+        }
+    }
+    Some(placement)
+}
+
+/// The string offsets the dynamic entries and `vn_file` fields hold after the edit.
+fn final_string_offsets(
+    elf: &Elf,
+    slots: &[Slot],
+    fields: &[FieldString],
+    placement: Option<&Placement>,
+) -> Vec<u64> {
+    let placed_fields = placement.map_or(&[][..], |p| &p.offsets[p.offsets.len() - fields.len()..]);
+    let files = elf.version_needs().into_iter().map(|need| {
+        fields
+            .iter()
+            .position(|f| f.field_offset == need.file_field_offset)
+            .and_then(|k| placed_fields.get(k).copied())
+            .unwrap_or(need.file_string)
+    });
+    slots
+        .iter()
+        .filter(|s| STRING_TAGS.contains(&s.tag))
+        .map(|s| s.val)
+        .chain(files)
+        .collect()
 }
 
 /// Writes of the `vn_file` fields; their offsets come after the slots' in the placement.

@@ -347,7 +347,9 @@ pub(crate) fn grow(
         offset: layout.offset,
         bytes: region,
     }];
-    if strtab.is_none()
+    // Where the table stays, or was left behind (outside the region being rebuilt), it takes
+    // the in-place overwrites: a table left behind then holds no string the edit erased.
+    if !in_reused(table.map(|t| t.offset))
         && let Some(p) = &growth.placement
     {
         writes.extend(overwrites_in_place(elf, p));

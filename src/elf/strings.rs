@@ -123,6 +123,50 @@ fn can_overwrite<'r>(
     users <= wanted && !inner_users
 }
 
+/// The runs `(start, len)` of the `len` bytes at `at` in `table` that no string at one of
+/// `live` (its bytes and its NUL) covers.
+pub(crate) fn unshared_runs(
+    table: &[u8],
+    at: u64,
+    len: usize,
+    live: &[u64],
+) -> Vec<(usize, usize)> {
+    let start = at as usize;
+    let end = (start + len).min(table.len());
+    if start >= end {
+        return Vec::new();
+    }
+    let mut free = vec![true; end - start];
+    for &l in live {
+        let l = l as usize;
+        if l >= end {
+            continue;
+        }
+        // A string without its NUL runs to the end of the table.
+        let l_end = table[l..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(table.len(), |nul| l + nul + 1);
+        for i in l.max(start)..l_end.min(end) {
+            free[i - start] = false;
+        }
+    }
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < free.len() {
+        if !free[i] {
+            i += 1;
+            continue;
+        }
+        let run_start = i;
+        while i < free.len() && free[i] {
+            i += 1;
+        }
+        runs.push((start + run_start, i - run_start));
+    }
+    runs
+}
+
 /// The offset of `s` followed by NUL in `table`, shared as a suffix where possible.
 fn find_string(table: &[u8], s: &[u8]) -> Option<usize> {
     let needle_len = s.len() + 1;
@@ -199,6 +243,18 @@ mod tests {
         let p = place(&t, t.bytes.len(), &req, || Some(vec![1, 11, 16]));
         assert!(p.appended);
         assert_eq!(&p.table[11..20], b"/opt/lib\0");
+    }
+
+    #[test]
+    fn unshared_runs_leave_every_live_string_whole() {
+        let t = b"\0libfoo.so\0/opt/lib\0x\0";
+        // Nothing else uses "/opt/lib".
+        assert_eq!(unshared_runs(t, 11, 8, &[1]), vec![(11, 8)]);
+        // A symbol named "lib" keeps its bytes and NUL; "/opt/" goes.
+        assert_eq!(unshared_runs(t, 11, 8, &[1, 16]), vec![(11, 5)]);
+        // A reference into the middle ("pt/lib") keeps everything from it on.
+        assert_eq!(unshared_runs(t, 11, 8, &[13]), vec![(11, 2)]);
+        assert!(unshared_runs(t, 11, 8, &[11]).is_empty());
     }
 
     #[test]
