@@ -590,6 +590,80 @@ fn replaced_run_paths_leave_no_trace() {
     }
 }
 
+/// Runs `autopatch elf ARGS` and checks it refuses, saying `why`, and leaves `file` as it was.
+fn assert_refused(args: &[&str], file: &Path, why: &str) {
+    let before = fs::read(file).unwrap();
+    let o = autopatch(args, file);
+    assert_eq!(o.status.code(), Some(1), "{args:?} was not refused");
+    assert!(
+        text(&o.stderr).contains(why),
+        "{args:?}: {}",
+        text(&o.stderr)
+    );
+    assert_eq!(fs::read(file).unwrap(), before, "{args:?} changed the file");
+}
+
+/// The loader finds no object for a version need whose library is gone, and stops with an
+/// assertion (patchelf's issue 115): removing such a library is refused.
+#[test]
+fn a_library_the_file_needs_versions_from_is_not_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &[]);
+    assert_refused(
+        &["--remove-needed", "libgreet.so"],
+        &fx.exe,
+        "needs symbol versions (GREET_1.0) from libgreet.so",
+    );
+    // Removing and adding it back in one edit leaves the need met.
+    autopatch_ok(
+        &[
+            "--remove-needed",
+            "libgreet.so",
+            "--add-needed",
+            "libgreet.so",
+            "--set-rpath",
+            "$ORIGIN/lib",
+        ],
+        &fx.exe,
+    );
+    assert_greets(&[&fx.exe]);
+}
+
+/// The dynamic loader and static-pie programs relocate themselves, and glibc's code for that
+/// asserts they have no run path (patchelf's issue 465): setting one is refused.
+#[test]
+fn files_that_relocate_themselves_get_no_run_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let program = compile(
+        "gcc",
+        tmp.path(),
+        "static-pie",
+        "#include <stdio.h>\nint main(void) { puts(\"static\"); return 0; }\n",
+        &["-static-pie"],
+    );
+    let loader = tmp.path().join("ld.so");
+    fs::copy(HOST_LD, &loader).unwrap();
+    for file in [&program, &loader] {
+        assert_refused(&["--set-rpath", "/x"], file, "relocates itself");
+    }
+    assert_eq!(run_stdout(&program), "static\n");
+}
+
+/// `$ORIGIN` of a file named without a directory is the current directory.
+#[test]
+fn shrink_rpath_finds_origin_for_a_bare_file_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fixture("gcc", tmp.path(), &["-Wl,-rpath,$ORIGIN/lib:/nonexistent"]);
+    let o = output(
+        Command::new(env!("CARGO_BIN_EXE_autopatch"))
+            .current_dir(&fx.dir)
+            .args(["elf", "--shrink-rpath", "hello"]),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(print("--print-rpath", &fx.exe), "$ORIGIN/lib");
+    assert_greets(&[&fx.exe]);
+}
+
 #[test]
 fn rpath_kind_is_kept_and_converted() {
     let tmp = tempfile::tempdir().unwrap();

@@ -194,9 +194,11 @@ fn edits_for(args: &ElfArgs, elf: &Elf, path: &Path) -> Result<Edits> {
 /// Keeps the run path entries that hold one of the needed libraries (of the file's machine),
 /// each as the file has it.
 fn shrink(elf: &Elf, path: &Path, run_path: &[u8], prefixes: Option<&[u8]>) -> Vec<u8> {
+    // A bare file name lies in the current directory.
     let origin = path
         .parent()
-        .unwrap_or(Path::new(""))
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
         .as_os_str()
         .as_bytes();
     let needed = elf.needed();

@@ -183,7 +183,37 @@ fn check_applicable(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
             "the dynamic section has no string table",
         ));
     }
-    Ok(())
+    if matches!(edits.run_path, Some(RunPathEdit::Set(_))) && elf.relocates_itself() {
+        return Err(ElfError::Refused(
+            "relocates itself (the dynamic loader, or a static-pie program), and glibc stops \
+             such a file at start when it has a run path"
+                .into(),
+        ));
+    }
+    refuse_removing_versioned(elf, edits)
+}
+
+/// Refuses to remove a needed library the file needs symbol versions from: the loader finds
+/// no object for the version need and stops.
+fn refuse_removing_versioned(elf: &Elf, edits: &Edits) -> Result<(), ElfError> {
+    let Some(strtab) = elf.strtab.as_ref() else {
+        return Ok(());
+    };
+    let versioned = elf.version_needs().into_iter().find(|need| {
+        strtab.get(need.file_string).is_some_and(|file| {
+            edits.remove_needed.iter().any(|r| r == file)
+                && !edits.add_needed.iter().any(|a| a == file)
+        })
+    });
+    match versioned {
+        Some(need) => Err(ElfError::Refused(format!(
+            "needs symbol versions ({}) from {}, so that library cannot be removed: the loader \
+             would stop on the version need; relink without it instead",
+            need.versions.join(", "),
+            need.file
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Whether the ranges an edit may write in place overlap, as in no well-formed file: writing

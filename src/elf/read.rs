@@ -187,6 +187,8 @@ pub struct Elf<'a> {
     pub class: Class,
     pub little_endian: bool,
     pub e_type: u16,
+    /// The entry point (`e_entry`).
+    pub entry: u64,
     pub machine: u16,
     pub os_abi: u8,
     pub phoff: u64,
@@ -287,6 +289,17 @@ impl<'a> Elf<'a> {
     /// Statically linked: no dynamic section, nothing for the loader to resolve.
     pub fn is_static(&self) -> bool {
         self.dynamic.is_none()
+    }
+
+    /// Whether the file relocates itself, with no interpreter to load it or libraries to
+    /// load: the dynamic loader itself, or a static-pie program. glibc's start-up code for these
+    /// stops on a run path.
+    pub fn relocates_itself(&self) -> bool {
+        self.e_type == super::ET_DYN
+            && self.interp_segment.is_none()
+            && self.entry != 0
+            && self.has_dynamic()
+            && self.needed().is_empty()
     }
 
     /// A separate debug file (`objcopy --only-keep-debug`): headers of a real object, no code.
@@ -672,6 +685,7 @@ where
         class,
         little_endian: endian == Endianness::Little,
         e_type: header.e_type(endian).0,
+        entry: header.e_entry(endian).into(),
         machine: header.e_machine(endian).0,
         os_abi: header.e_ident().os_abi.0,
         phoff: header.e_phoff(endian).into(),
