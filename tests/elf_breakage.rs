@@ -262,13 +262,13 @@ fn extra_lib(fx: &Fixture) {
 }
 
 fn run_stdout(file: &Path) -> String {
-    let o = output(&mut Command::new(file));
-    assert!(
-        o.status.success(),
-        "{}: {}",
-        file.display(),
-        text(&o.stderr)
-    );
+    stdout_of(&mut Command::new(file))
+}
+
+/// What `cmd` prints, once it has succeeded.
+fn stdout_of(cmd: &mut Command) -> String {
+    let o = output(cmd);
+    assert!(o.status.success(), "{cmd:?}: {}", text(&o.stderr));
     text(&o.stdout)
 }
 
@@ -448,14 +448,7 @@ fn version_needs_without_their_count_are_read_as_the_loader_reads_them() {
 
 /// The dynamic symbol names of `file`, as nm lists them.
 fn dynamic_symbols(file: &Path) -> String {
-    let o = output(Command::new("nm").arg("-D").arg(file));
-    assert!(
-        o.status.success(),
-        "nm -D {}: {}",
-        file.display(),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
+    stdout_of(Command::new("nm").arg("-D").arg(file))
 }
 
 /// How often `needle` occurs in the dynamic string table of `file`.

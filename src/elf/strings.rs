@@ -208,39 +208,34 @@ mod tests {
         assert!(!p.appended);
     }
 
-    #[test]
-    fn overwrites_an_unshared_string_in_place() {
+    /// "/opt/lib" (at 11) asked to become "/x", the file's references being `references`.
+    fn shorten_opt_lib(references: Option<Vec<u64>>) -> Placement {
         let t = table(b"\0libfoo.so\0/opt/lib\0");
         let req = [Request {
             old: Some(11),
             string: b"/x".to_vec(),
         }];
-        let p = place(&t, t.bytes.len(), &req, || Some(vec![1, 11]));
+        place(&t, t.bytes.len(), &req, || references)
+    }
+
+    #[test]
+    fn overwrites_an_unshared_string_in_place() {
+        let p = shorten_opt_lib(Some(vec![1, 11]));
         assert_eq!(p.offsets, vec![11]);
         assert_eq!(&p.table[11..20], b"/x\0\0\0\0\0\0\0");
     }
 
     #[test]
     fn appends_when_not_every_reference_is_known() {
-        let t = table(b"\0libfoo.so\0/opt/lib\0");
-        let req = [Request {
-            old: Some(11),
-            string: b"/x".to_vec(),
-        }];
-        let p = place(&t, t.bytes.len(), &req, || None);
+        let p = shorten_opt_lib(None);
         assert!(p.appended);
         assert_eq!(&p.table[11..20], b"/opt/lib\0");
     }
 
     #[test]
     fn keeps_a_string_whose_tail_names_a_symbol() {
-        let t = table(b"\0libfoo.so\0/opt/lib\0");
-        let req = [Request {
-            old: Some(11),
-            string: b"/x".to_vec(),
-        }];
         // A symbol named "lib" shares the run path's last bytes.
-        let p = place(&t, t.bytes.len(), &req, || Some(vec![1, 11, 16]));
+        let p = shorten_opt_lib(Some(vec![1, 11, 16]));
         assert!(p.appended);
         assert_eq!(&p.table[11..20], b"/opt/lib\0");
     }
