@@ -176,8 +176,6 @@ pub struct VersionDef {
     pub name: String,
     /// The base definition names the library itself rather than a version.
     pub is_base: bool,
-    #[serde(skip)]
-    pub(crate) name_string: u64,
 }
 
 /// A parsed ELF file, borrowing its bytes.
@@ -595,7 +593,6 @@ impl<'a> Elf<'a> {
             defs.push(VersionDef {
                 name: lossy(strtab.get(name_string)?),
                 is_base: flags & VER_FLG_BASE != 0,
-                name_string,
             });
             match c.read_u32(&rec[16..]) {
                 0 => break,
