@@ -67,8 +67,11 @@ fn real_loader(file: &Path, env: &[(&str, &str)]) -> RealVerdict {
         }
     }
     let aborted = stderr.contains("error while loading");
-    let failed =
-        stderr.contains("version `") || aborted || stdout.contains("not a dynamic executable");
+    // A weak version need the library lacks is only warned about.
+    let missing_version = stderr
+        .lines()
+        .any(|l| l.contains("version `") && !l.contains("weak version `"));
+    let failed = missing_version || aborted || stdout.contains("not a dynamic executable");
     RealVerdict {
         ok: out.status.success() && !missing && !failed,
         libs,
@@ -426,6 +429,97 @@ fn a_version_shortfall_names_what_is_found_and_what_would_serve() {
         format!("{:?}", problems_only.problems),
         format!("{:?}", report.problems)
     );
+}
+
+/// Sets `VER_FLG_WEAK` on the need for `version` in `file`'s version needs (ld emits the flag
+/// rarely, so the test sets it).
+fn make_version_need_weak(file: &Path, version: &[u8]) {
+    const SHT_GNU_VERNEED: u32 = 0x6fff_fffe;
+    let mut bytes = fs::read(file).unwrap();
+    let elf = autopatch::elf::Elf::parse(&bytes).unwrap();
+    let needs = elf
+        .sections
+        .iter()
+        .find(|s| s.sh_type == SHT_GNU_VERNEED)
+        .unwrap();
+    let strings = elf
+        .sections
+        .iter()
+        .find(|s| s.name == b".dynstr")
+        .unwrap()
+        .offset as usize;
+    let (mut record, mut flag_at) = (needs.offset as usize, None);
+    let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    loop {
+        let mut aux = record + word(&bytes, record + 8);
+        for _ in 0..u16::from_le_bytes([bytes[record + 2], bytes[record + 3]]) {
+            let name = strings + word(&bytes, aux + 8);
+            if bytes[name..].starts_with(version) && bytes[name + version.len()] == 0 {
+                flag_at = Some(aux + 4);
+            }
+            aux += word(&bytes, aux + 12);
+        }
+        match word(&bytes, record + 12) {
+            0 => break,
+            next => record += next,
+        }
+    }
+    let at = flag_at.expect("the version is needed");
+    bytes[at..at + 2].copy_from_slice(&2u16.to_le_bytes());
+    fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn a_weak_version_need_the_library_lacks_is_no_failure() {
+    if !require_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let source = "int f1(void) { return 1; }\nint f2(void) { return 2; }\n";
+    let v12 = write(
+        &tmp.path().join("v12.map"),
+        "V1 { global: f1; local: *; };\nV2 { global: f2; } V1;\n",
+    );
+    let v1 = write(
+        &tmp.path().join("v1.map"),
+        "V1 { global: f1; local: *; };\n",
+    );
+    let script = |map: &Path| format!("-Wl,--version-script={}", map.display());
+    let full = tmp.path().join("full");
+    shared_lib(&full.join("libv.so"), source, &[&script(&v12)]);
+    let exe = tmp.path().join("bin/maybe-v2");
+    executable(
+        &exe,
+        "int f1(void);\n__attribute__((weak)) int f2(void);\n\
+         int main(void) { return f1() - 1 + (f2 ? f2() - 2 : 0); }\n",
+        &[
+            "-L",
+            full.to_str().unwrap(),
+            "-lv",
+            "-Wl,-rpath,$ORIGIN/../lib",
+        ],
+    );
+    // The library the program finds defines V1 only.
+    shared_lib(&tmp.path().join("lib/libv.so"), source, &[&script(&v1)]);
+    let exe = exe.canonicalize().unwrap();
+
+    let required = loader().check_file_in(&exe, tmp.path());
+    let real = real_loader(&exe, &[]);
+    assert!(!required.ok && !real.ok, "{}", real.output);
+    assert_agrees(&required, &real);
+
+    make_version_need_weak(&exe, b"V2");
+    let weak = loader().check_file_in(&exe, tmp.path());
+    let real = real_loader(&exe, &[]);
+    assert!(
+        real.output.contains("weak version `V2' not found"),
+        "{}",
+        real.output
+    );
+    assert!(weak.ok, "{weak:#?}");
+    assert_agrees(&weak, &real);
+    let ran = Command::new(&exe).output().unwrap();
+    assert!(ran.status.success(), "{ran:?}");
 }
 
 #[test]

@@ -22,8 +22,8 @@
 //!   the machine name.
 //! - A candidate for another class or machine is passed over; one the loader refuses (not ELF,
 //!   an executable, too short) stops the program.
-//! - Every version an object needs must be defined by the object loaded under that name; weak
-//!   requirements are treated as required.
+//! - Every version an object needs must be defined by the object loaded under that name; a weak
+//!   need (`VER_FLG_WEAK`) missing is no failure, as glibc only warns.
 //!
 //! Not modelled: `LD_PRELOAD` and `/etc/ld.so.preload`, audit modules, secure-mode restrictions.
 

@@ -11,7 +11,7 @@ use super::dirs::SearchDirs;
 use super::search::{Tokens, has_interpreter_tokens, search_dirs};
 use super::{FastMap, FastSet, lock, read, write};
 
-use crate::elf::{Class, Elf, ElfError, RunPathKind};
+use crate::elf::{Class, Elf, ElfError, RunPathKind, VersionNeed};
 use crate::scan::{FileVersion, MappedFile, open_regular};
 
 const DT_FLAGS_1: i64 = 0x6fff_fffb;
@@ -53,7 +53,8 @@ pub(crate) struct ObjectInfo {
     pub needed: Vec<String>,
     pub rpath: Option<Vec<u8>>,
     pub runpath: Option<Vec<u8>>,
-    /// Library name and the versions of it this object needs.
+    /// Library name and the versions of it this object needs; weak needs, which glibc only
+    /// warns about, left out.
     pub version_needs: Vec<(String, Vec<String>)>,
     /// Every version this object defines, the base one (its own name) included; sorted, as every
     /// check of every program looks versions up in the few libraries that define many.
@@ -97,11 +98,7 @@ impl ObjectInfo {
                 .into_iter()
                 .flatten()
                 .any(has_interpreter_tokens),
-            version_needs: elf
-                .version_needs()
-                .into_iter()
-                .map(|n| (n.file, n.versions))
-                .collect(),
+            version_needs: elf.version_needs().into_iter().map(required).collect(),
             version_defs,
             is_loadable: elf.is_loadable(),
             is_static: elf.is_static(),
@@ -318,6 +315,17 @@ impl Objects {
             .or_insert(probe)
             .clone()
     }
+}
+
+/// A version need as the loader enforces it: the library, and its versions but the weak ones.
+fn required(need: VersionNeed) -> (String, Vec<String>) {
+    let versions = need
+        .versions
+        .into_iter()
+        .zip(need.weak)
+        .filter_map(|(version, weak)| (!weak).then_some(version))
+        .collect();
+    (need.file, versions)
 }
 
 fn read_error(err: &io::Error) -> Probe {

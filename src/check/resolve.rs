@@ -603,8 +603,7 @@ impl<'a, 'h> Session<'a, 'h> {
     }
 
     /// Every version each loaded object needs must be defined by the object loaded under that
-    /// name. Weak requirements (`VER_FLG_WEAK`, which glibc only warns about) are treated as
-    /// required, since the version reader does not expose the flag; linkers emit them rarely.
+    /// name; weak needs (`VER_FLG_WEAK`, which glibc only warns about) are not among them.
     fn check_versions(&mut self) {
         for index in 0..self.loaded.len() {
             if !self.loaded[index].queued {

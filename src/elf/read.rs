@@ -44,6 +44,7 @@ pub(crate) const STRING_TAGS: [i64; 9] = [
 ];
 
 const SHT_NOBITS: u32 = 8;
+const VER_FLG_WEAK: u16 = 2;
 const SHT_DYNSYM: u32 = 11;
 
 /// ELF class: the size of addresses and offsets.
@@ -168,6 +169,10 @@ pub struct VersionNeed {
     pub(crate) file_string: u64,
     #[serde(skip)]
     pub(crate) version_strings: Vec<u64>,
+    /// Whether each of `versions` is a weak need (`VER_FLG_WEAK`): glibc only warns when the
+    /// library lacks it.
+    #[serde(skip)]
+    pub weak: Vec<bool>,
 }
 
 /// A version a library defines (`DT_VERDEF`).
@@ -354,11 +359,13 @@ impl<'a> Elf<'a> {
             let mut aux_at = at.checked_add(u64::from(c.read_u32(&rec[8..])))?;
             let mut versions = Vec::new();
             let mut version_strings = Vec::new();
+            let mut weak = Vec::new();
             for _ in 0..vn_cnt.min(4096) {
                 let aux = slice(self.data, aux_at, 16)?;
                 let name = u64::from(c.read_u32(&aux[8..]));
                 versions.push(lossy(strtab.get(name)?));
                 version_strings.push(name);
+                weak.push(c.read_u16(&aux[4..]) & VER_FLG_WEAK != 0);
                 match c.read_u32(&aux[12..]) {
                     0 => break,
                     next => aux_at = aux_at.checked_add(u64::from(next))?,
@@ -370,6 +377,7 @@ impl<'a> Elf<'a> {
                 file_field_offset: at + 4,
                 file_string,
                 version_strings,
+                weak,
             });
             match c.read_u32(&rec[12..]) {
                 0 => break,
