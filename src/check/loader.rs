@@ -38,8 +38,9 @@ pub enum DefaultDirs {
 /// How the simulated loader is set up.
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
-    /// Check every file with this interpreter instead of its own `PT_INTERP`, as
-    /// `ld.so FILE` does.
+    /// Check every file with this interpreter instead of its own `PT_INTERP`. A program's
+    /// `$ORIGIN` stays its real directory, as when it runs (`ld.so FILE` would take the path as
+    /// given).
     pub interpreter: Option<PathBuf>,
     /// `LD_LIBRARY_PATH` entries (an empty entry is the current directory), or `None` when unset.
     pub env_ld_library_path: Option<Vec<PathBuf>>,

@@ -11,7 +11,8 @@ use crate::check::{DefaultDirs, DirHints, FileReport, Loader, LoaderConfig};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Check every file with this interpreter instead of its own PT_INTERP (as `ld.so FILE`).
+    /// Check every file with this interpreter instead of its own PT_INTERP; a program's $ORIGIN
+    /// stays its real directory, as when it runs (`ld.so FILE` would take the path as given).
     #[arg(long, value_name = "PATH", env = "AUTOPATCH_INTERPRETER")]
     interpreter: Option<PathBuf>,
     /// The Nix store: an interpreter in it means a Nix glibc, and missing libraries found in it
