@@ -105,6 +105,17 @@ impl PipSite {
 }
 
 /// Site directories of `prefix`, each once even when `lib64` links to `lib` (as in venvs).
+/// The `lib` directory of the Python a venv was made from (`home` in its `pyvenv.cfg` names
+/// that Python's `bin`): where a copied interpreter (`venv --copies`) finds its libpython.
+pub fn venv_base_lib(prefix: &Path) -> Option<PathBuf> {
+    let config = fs::read_to_string(prefix.join("pyvenv.cfg")).ok()?;
+    let home = config.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "home").then(|| value.trim())
+    })?;
+    Some(Path::new(home).parent()?.join("lib"))
+}
+
 fn site_packages_dirs(prefix: &Path) -> Result<Vec<PathBuf>> {
     let mut seen = HashSet::new();
     let mut sites = Vec::new();

@@ -180,13 +180,21 @@ struct Prefix {
     root: PathBuf,
     conda: Option<CondaPrefix>,
     pip: PipSite,
+    /// A venv's base Python's `lib` directory.
+    python_lib: Option<PathBuf>,
 }
 
 impl Prefix {
     fn load(root: PathBuf) -> Prefix {
         let conda = CondaPrefix::load(&root).ok().flatten();
         let pip = PipSite::load(&root).unwrap_or_default();
-        Prefix { root, conda, pip }
+        let python_lib = crate::pip::venv_base_lib(&root);
+        Prefix {
+            root,
+            conda,
+            pip,
+            python_lib,
+        }
     }
 
     fn owner_of(&self, path: &Path) -> Option<String> {
@@ -706,6 +714,11 @@ fn prefix_libraries(
     for (root, prefix) in prefixes {
         if !facts.roots.iter().any(|r| root.starts_with(r)) {
             add_rest_of_prefix(root, prefix, needed, &mut libs);
+        }
+        if let Some(lib) = &prefix.python_lib {
+            libs.entry(root.clone())
+                .or_insert_with(|| PrefixLibs::new(root.clone()))
+                .python_lib = Some(lib.clone());
         }
     }
     libs

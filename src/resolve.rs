@@ -77,6 +77,8 @@ pub struct PrefixLib {
 pub struct PrefixLibs {
     pub root: PathBuf,
     by_name: FastMap<String, Vec<PrefixLib>>,
+    /// A venv's base Python's `lib` directory, which serves before other store paths.
+    pub python_lib: Option<PathBuf>,
 }
 
 impl PrefixLibs {
@@ -84,6 +86,7 @@ impl PrefixLibs {
         PrefixLibs {
             root,
             by_name: FastMap::default(),
+            python_lib: None,
         }
     }
 
@@ -406,6 +409,14 @@ impl Resolver<'_> {
                 format!("found in lib dir {}", dir.display()),
             );
         }
+        if let Some(dir) = self.in_venv_python(libs, soname, file) {
+            return needed(
+                Provider::Outside {
+                    entry: dir.display().to_string(),
+                },
+                "in the store Python the venv was made from (home in pyvenv.cfg)".into(),
+            );
+        }
         if let Some(choice) = self
             .store
             .and_then(|s| s.choose(soname, file.machine, file.class, self.preferences))
@@ -438,6 +449,25 @@ impl Resolver<'_> {
             Provider::Unresolved { searched },
             "not found anywhere searched".into(),
         )
+    }
+
+    /// The store directory holding `soname` in the venv's base Python, when it has it: of
+    /// the store paths with the same library, the one the venv came from.
+    fn in_venv_python(
+        &self,
+        libs: &PrefixLibs,
+        soname: &str,
+        file: &FileToResolve,
+    ) -> Option<PathBuf> {
+        let lib = libs.python_lib.as_ref()?;
+        if !crate::store::holds_library(lib, soname, file.machine, file.class) {
+            return None;
+        }
+        // A profile's lib dir holds links: the library's own store path is what stays.
+        let real = std::fs::canonicalize(lib.join(soname)).ok()?;
+        let dir = real.parent()?;
+        let store = self.store?.store_dir();
+        dir.starts_with(store).then(|| dir.to_path_buf())
     }
 
     /// The directory through which an existing run path entry finds `soname`, if it does. Only

@@ -327,6 +327,8 @@ fn reason_for(best: &Candidate, candidates: &[&Candidate], prefs: &Preferences) 
         format!("referenced by a profile, of {n} candidates ({label})")
     } else if built_against(best, prefs) && candidates.iter().any(|c| !built_against(c, prefs)) {
         format!("built against the interpreter's glibc, of {n} candidates ({label})")
+    } else if candidates.iter().all(|c| c.version == best.version) {
+        format!("first by store path of {n} candidates of one version ({label})")
     } else {
         format!("newest of {n} candidates ({label})")
     }
@@ -977,6 +979,29 @@ mod tests {
         assert_eq!(
             index.candidates("libc.so.6", elf::EM_X86_64, Class::Elf64)[0].glibc,
             Some(glibc.clone())
+        );
+    }
+
+    #[test]
+    fn a_choice_among_one_version_says_so() {
+        let Some(mut fake) = FakeStore::new() else {
+            return;
+        };
+        let first = fake.add("zlib-1.3.1", &["libz.so.1"]);
+        fake.add("zlib-1.3.1", &["libz.so.1"]);
+        let chosen = fake
+            .open()
+            .choose(
+                "libz.so.1",
+                elf::EM_X86_64,
+                Class::Elf64,
+                &Preferences::default(),
+            )
+            .unwrap();
+        assert_eq!(chosen.path, first.join("lib"));
+        assert_eq!(
+            chosen.reason,
+            "first by store path of 2 candidates of one version (zlib-1.3.1)"
         );
     }
 

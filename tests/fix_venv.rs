@@ -289,3 +289,64 @@ fn fixed_venv_with_manylinux_wheels_imports_in_a_nixos_like_root() {
     assert_unchanged(&settled, &snapshot(&venv), "the second run");
     eprintln!("whole test in {:.1?}", total.elapsed());
 }
+
+/// `venv --copies` copies the interpreter, whose `$ORIGIN/../lib` then misses libpython: it
+/// comes from the Python the venv was made from (`home` in pyvenv.cfg), even beside a newer
+/// store path holding the same library.
+#[test]
+fn a_copied_interpreter_takes_libpython_from_the_python_the_venv_came_from() {
+    let root = common::require_nixroot();
+    let Some(python) = root.python_or_skip() else {
+        return;
+    };
+    let store_python = python
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let venv = work.path().join("venv");
+    run_ok(
+        Command::new(&python)
+            .args(["-m", "venv", "--without-pip", "--copies"])
+            .arg(&venv),
+    );
+    let libpython = "libpython3.11.so.1.0";
+    let decoy = work.path().join("python3-3.11.99");
+    fs::create_dir_all(decoy.join("lib")).unwrap();
+    fs::copy(
+        store_python.join("lib").join(libpython),
+        decoy.join("lib").join(libpython),
+    )
+    .unwrap();
+    run_ok(Command::new("nix-store").arg("--add").arg(&decoy));
+
+    let cache = work.path().join("cache");
+    let out = fix(&cache, &["--dry-run", "--json"], &[&venv]);
+    assert!(out.status.success(), "fix --dry-run failed");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    let chosen = provider(planned(&plan, &venv.join("bin/python3")), libpython);
+    let home_lib = store_python.join("lib");
+    assert_eq!(chosen["entry"].as_str(), home_lib.to_str(), "{chosen:#}");
+    assert!(
+        chosen["reason"].as_str().unwrap().contains("pyvenv.cfg"),
+        "{chosen:#}"
+    );
+
+    let out = fix(&cache, &[], &[&venv]);
+    assert!(out.status.success(), "fix failed");
+    let ran = root.run(
+        &venv,
+        &[
+            venv.join("bin/python3"),
+            "-c".into(),
+            "import sys; print(sys.base_prefix)".into(),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout).trim(),
+        store_python.to_str().unwrap(),
+        "{}",
+        text(&ran)
+    );
+}
