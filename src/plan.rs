@@ -398,10 +398,7 @@ pub fn plan(scan: &ScanResult, facts: &DirFacts, settings: &Settings) -> Vec<Fil
         .enumerate()
         .map(|(k, inode)| {
             let Some((name, prefix_root)) = planned[k].first() else {
-                return skipped(
-                    inode,
-                    "only in a package cache: patched through the environments that link it",
-                );
+                return skipped(inode, cache_only_reason(inode));
             };
             match &infos[k] {
                 Ok(info) => plan_file(inode, &planned[k], info, &context),
@@ -722,6 +719,16 @@ fn prefix_libraries(
         }
     }
     libs
+}
+
+/// Why a file found only in package caches is left alone: an environment outside the roots
+/// links it (and a run over that environment patches it), or none does.
+fn cache_only_reason(inode: &Inode) -> &'static str {
+    if inode.nlink > inode.names.len() as u64 {
+        "only in a package cache here: patched through the environments that link it"
+    } else {
+        "only in a package cache, linked into no environment: no environment loads it"
+    }
 }
 
 /// A prefix given only in part (single files, a subdirectory) still provides all its

@@ -327,3 +327,35 @@ fn a_library_only_another_environment_has_is_reported_for_the_one_lacking_it() {
         text(&run)
     );
 }
+
+/// A file only the package cache holds is left alone, and the reason says whether some
+/// environment outside the paths given links it.
+#[test]
+fn files_only_in_the_package_cache_say_why_they_are_left_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let root = Root::new(&work.path().join("root"));
+    build_package(&root, "libuseszlib.so", Path::new(HOST_ZLIB), "zlibVersion");
+    root.link_package(&["lib/libuseszlib.so", "bin/prog"]);
+    let unlinked = root.package.join("lib/libunlinked.so");
+    fs::copy(root.package.join("lib/libuseszlib.so"), &unlinked).unwrap();
+
+    let out = fix(&cache, &["--dry-run", "--json"], &[&root.top.join("pkgs")]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("--json: {e}: {}", text(&out)));
+    let reason = |file: &Path| {
+        let plan = report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"].as_str() == file.to_str())
+            .unwrap_or_else(|| panic!("no plan for {}: {report:#}", file.display()));
+        assert_eq!(plan["action"], "skip", "{plan:#}");
+        plan["reason"].as_str().unwrap().to_string()
+    };
+    assert!(
+        reason(&root.package.join("lib/libuseszlib.so"))
+            .contains("patched through the environments that link it")
+    );
+    assert!(reason(&unlinked).contains("linked into no environment"));
+}
