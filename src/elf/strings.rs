@@ -136,20 +136,23 @@ pub(crate) fn unshared_runs(
     if start >= end {
         return Vec::new();
     }
+    // Only strings starting after the NUL before `start` can reach into the run.
+    let reach_from = table[..start]
+        .iter()
+        .rposition(|&b| b == 0)
+        .map_or(0, |nul| nul + 1);
     let mut free = vec![true; end - start];
     for &l in live {
-        let l = l as usize;
-        if l >= end {
+        let Ok(l) = usize::try_from(l) else { continue };
+        if l < reach_from || l >= end {
             continue;
         }
-        // A string without its NUL runs to the end of the table.
-        let l_end = table[l..]
+        let from = l.max(start);
+        let to = table[from..end]
             .iter()
             .position(|&b| b == 0)
-            .map_or(table.len(), |nul| l + nul + 1);
-        for i in l.max(start)..l_end.min(end) {
-            free[i - start] = false;
-        }
+            .map_or(end, |nul| from + nul + 1);
+        free[from - start..to - start].fill(false);
     }
     let mut runs = Vec::new();
     let mut i = 0;
