@@ -360,25 +360,30 @@ fn a_shared_library_is_checked_as_ld_so_lists_it() {
     assert_agrees(&report, &real_loader(&libc2, &[]));
 }
 
+/// Under `dir`: `full/libv.so`, defining `f1` at V1 and `f2` at V2, which programs link
+/// against, and `lib/libv.so`, which they find: its versions as the script `v1_map` gives them
+/// (V1 only). Returns `full`.
+fn libv_pair(dir: &Path, v1_map: &str) -> PathBuf {
+    let source = "int f1(void) { return 1; }\nint f2(void) { return 2; }\n";
+    let v12 = write(
+        &dir.join("v12.map"),
+        "V1 { global: f1; local: *; };\nV2 { global: f2; } V1;\n",
+    );
+    let v1 = write(&dir.join("v1.map"), v1_map);
+    let script = |map: &Path| format!("-Wl,--version-script={}", map.display());
+    let full = dir.join("full");
+    shared_lib(&full.join("libv.so"), source, &[&script(&v12)]);
+    shared_lib(&dir.join("lib/libv.so"), source, &[&script(&v1)]);
+    full
+}
+
 #[test]
 fn a_version_shortfall_names_what_is_found_and_what_would_serve() {
     if !require_tools() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let source = "int f1(void) { return 1; }\nint f2(void) { return 2; }\n";
-    let v12 = write(
-        &tmp.path().join("v12.map"),
-        "V1 { global: f1; local: *; };\nV2 { global: f2; } V1;\n",
-    );
-    let v1 = write(
-        &tmp.path().join("v1.map"),
-        "V1 { global: f1; f2; local: *; };\n",
-    );
-    let lib = tmp.path().join("lib");
-    let full = tmp.path().join("full");
-    let script = |map: &Path| format!("-Wl,--version-script={}", map.display());
-    shared_lib(&full.join("libv.so"), source, &[&script(&v12)]);
+    let full = libv_pair(tmp.path(), "V1 { global: f1; f2; local: *; };\n");
     executable(
         &tmp.path().join("bin/needs-v2"),
         "int f2(void);\nint main(void) { return f2() - 2; }\n",
@@ -389,8 +394,6 @@ fn a_version_shortfall_names_what_is_found_and_what_would_serve() {
             "-Wl,-rpath,$ORIGIN/../lib",
         ],
     );
-    // The library the program finds defines V1 only.
-    shared_lib(&lib.join("libv.so"), source, &[&script(&v1)]);
     let exe = tmp.path().join("bin/needs-v2");
 
     struct PrefixHas(PathBuf);
@@ -475,18 +478,7 @@ fn a_weak_version_need_the_library_lacks_is_no_failure() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let source = "int f1(void) { return 1; }\nint f2(void) { return 2; }\n";
-    let v12 = write(
-        &tmp.path().join("v12.map"),
-        "V1 { global: f1; local: *; };\nV2 { global: f2; } V1;\n",
-    );
-    let v1 = write(
-        &tmp.path().join("v1.map"),
-        "V1 { global: f1; local: *; };\n",
-    );
-    let script = |map: &Path| format!("-Wl,--version-script={}", map.display());
-    let full = tmp.path().join("full");
-    shared_lib(&full.join("libv.so"), source, &[&script(&v12)]);
+    let full = libv_pair(tmp.path(), "V1 { global: f1; local: *; };\n");
     let exe = tmp.path().join("bin/maybe-v2");
     executable(
         &exe,
@@ -499,8 +491,6 @@ fn a_weak_version_need_the_library_lacks_is_no_failure() {
             "-Wl,-rpath,$ORIGIN/../lib",
         ],
     );
-    // The library the program finds defines V1 only.
-    shared_lib(&tmp.path().join("lib/libv.so"), source, &[&script(&v1)]);
     let exe = exe.canonicalize().unwrap();
 
     let required = loader().check_file_in(&exe, tmp.path());
