@@ -104,7 +104,6 @@ impl PipSite {
     }
 }
 
-/// Site directories of `prefix`, each once even when `lib64` links to `lib` (as in venvs).
 /// The `lib` directory of the Python a venv was made from (`home` in its `pyvenv.cfg` names
 /// that Python's `bin`): where a copied interpreter (`venv --copies`) finds its libpython.
 pub fn venv_base_lib(prefix: &Path) -> Option<PathBuf> {
@@ -116,6 +115,7 @@ pub fn venv_base_lib(prefix: &Path) -> Option<PathBuf> {
     Some(Path::new(home).parent()?.join("lib"))
 }
 
+/// Site directories of `prefix`, each once even when `lib64` links to `lib` (as in venvs).
 fn site_packages_dirs(prefix: &Path) -> Result<Vec<PathBuf>> {
     let mut seen = HashSet::new();
     let mut sites = Vec::new();
