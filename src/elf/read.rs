@@ -18,17 +18,17 @@ pub(crate) const PF_R: u32 = 4;
 
 pub(crate) const DT_NULL: i64 = 0;
 pub(crate) const DT_NEEDED: i64 = 1;
-const DT_HASH: i64 = 4;
+pub(crate) const DT_HASH: i64 = 4;
 pub(crate) const DT_STRTAB: i64 = 5;
-const DT_SYMTAB: i64 = 6;
+pub(crate) const DT_SYMTAB: i64 = 6;
 pub(crate) const DT_STRSZ: i64 = 10;
 pub(crate) const DT_SONAME: i64 = 14;
 pub(crate) const DT_RPATH: i64 = 15;
 pub(crate) const DT_RUNPATH: i64 = 29;
-const DT_GNU_HASH: i64 = 0x6fff_fef5;
-const DT_VERDEF: i64 = 0x6fff_fffc;
+pub(crate) const DT_GNU_HASH: i64 = 0x6fff_fef5;
+pub(crate) const DT_VERDEF: i64 = 0x6fff_fffc;
 const DT_VERDEFNUM: i64 = 0x6fff_fffd;
-const DT_VERNEED: i64 = 0x6fff_fffe;
+pub(crate) const DT_VERNEED: i64 = 0x6fff_fffe;
 const DT_VERNEEDNUM: i64 = 0x6fff_ffff;
 /// Dynamic tags whose value is an offset into the dynamic string table.
 pub(crate) const STRING_TAGS: [i64; 9] = [

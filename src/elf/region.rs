@@ -15,7 +15,8 @@ use super::codec::Codec;
 use super::edit::{dynamic_in_place, interp_in_place, overwrites_in_place, set_strtab, spans_meet};
 use super::error::ElfError;
 use super::read::{
-    Class, DynEntry, Elf, PF_R, PF_W, PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_PHDR, Segment, slice,
+    Class, DT_GNU_HASH, DT_HASH, DT_STRTAB, DT_SYMTAB, DT_VERDEF, DT_VERNEED, DynEntry, Elf, PF_R,
+    PF_W, PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_PHDR, Segment, slice,
 };
 use super::rewrite::{Rewrite, TailMove, Write};
 use super::strings::Placement;
@@ -31,15 +32,15 @@ const SHT_NOTE: u32 = 7;
 const SHT_NOBITS: u32 = 8;
 const SHF_ALLOC: u64 = 2;
 const PT_NOTE: u32 = 4;
-const DT_STRTAB: i64 = 5;
+const DT_VERSYM: i64 = 0x6fff_fff0;
 /// Dynamic tags holding the address of a table that may be moved to make room.
 const MOVABLE_TABLE_TAGS: [i64; 6] = [
-    4,           // DT_HASH
-    6,           // DT_SYMTAB
-    0x6fff_fef5, // DT_GNU_HASH
-    0x6fff_fff0, // DT_VERSYM
-    0x6fff_fffc, // DT_VERDEF
-    0x6fff_fffe, // DT_VERNEED
+    DT_HASH,
+    DT_SYMTAB,
+    DT_GNU_HASH,
+    DT_VERSYM,
+    DT_VERDEF,
+    DT_VERNEED,
 ];
 
 /// A growth region an earlier edit added.
