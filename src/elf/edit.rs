@@ -4,7 +4,7 @@
 use super::error::ElfError;
 use super::read::{
     DT_NEEDED, DT_NULL, DT_RPATH, DT_RUNPATH, DT_SONAME, DT_STRSZ, DT_STRTAB, DynEntry, Elf,
-    RunPathKind, STRING_TAGS,
+    RunPathKind, STRING_TAGS, VersionNeed,
 };
 use super::region::{self, Growth};
 use super::rewrite::{Rewrite, Write};
@@ -492,8 +492,9 @@ fn erase_unused(
     let Some(strtab) = elf.strtab.as_ref() else {
         return placement;
     };
-    let mut live = final_string_offsets(elf, slots, fields, placement.as_ref());
-    let old_files = elf.version_needs().into_iter().map(|n| n.file_string);
+    let needs = elf.version_needs();
+    let mut live = final_string_offsets(&needs, slots, fields, placement.as_ref());
+    let old_files = needs.iter().map(|n| n.file_string);
     let mut unused: Vec<u64> = elf
         .dynamic_entries()
         .iter()
@@ -528,13 +529,13 @@ fn erase_unused(
 
 /// The string offsets the dynamic entries and `vn_file` fields hold after the edit.
 fn final_string_offsets(
-    elf: &Elf,
+    needs: &[VersionNeed],
     slots: &[Slot],
     fields: &[FieldString],
     placement: Option<&Placement>,
 ) -> Vec<u64> {
     let placed_fields = placement.map_or(&[][..], |p| &p.offsets[p.offsets.len() - fields.len()..]);
-    let files = elf.version_needs().into_iter().map(|need| {
+    let files = needs.iter().map(|need| {
         fields
             .iter()
             .position(|f| f.field_offset == need.file_field_offset)

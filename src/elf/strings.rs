@@ -155,17 +155,12 @@ pub(crate) fn unshared_runs(
         free[from - start..to - start].fill(false);
     }
     let mut runs = Vec::new();
-    let mut i = 0;
-    while i < free.len() {
-        if !free[i] {
-            i += 1;
-            continue;
+    let mut at = start;
+    for chunk in free.chunk_by(|a, b| a == b) {
+        if chunk[0] {
+            runs.push((at, chunk.len()));
         }
-        let run_start = i;
-        while i < free.len() && free[i] {
-            i += 1;
-        }
-        runs.push((start + run_start, i - run_start));
+        at += chunk.len();
     }
     runs
 }
